@@ -1,0 +1,3 @@
+from agejobs.cli import main
+
+raise SystemExit(main())

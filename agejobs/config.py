@@ -1,0 +1,268 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted command-line overrides.
+
+Strict on purpose (nanoGPT's configurator): an unknown key or a value of the wrong type is an
+error that names the key, so a typo never silently trains the wrong model. The resolved config
+is written next to every run's outputs (`dump_config`).
+
+    cfg = load_config("configs/paper.yaml", ["train.batch_size=64", "model.backbone=resnet18"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+@dataclass
+class DatasetConfig:
+    # Where faces come from: "synthetic" (generated into the workdir), "utkface" (imported from
+    # `source`), or "manifest" (an existing agejobs manifest at `source`).
+    kind: str = "synthetic"
+    source: str = ""
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    # Synthetic faces only.
+    synth_subjects: int = 600
+    synth_images_per_subject: int = 5
+    synth_image_size: int = 80
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 227
+    # Ray Data tasks decoding images in parallel with training.
+    decode_concurrency: int = 1
+    decode_batch_size: int = 64
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "inception_v3"
+    # Local path or URI of an ImageNet state dict for the backbone; empty = random init.
+    weights: str = ""
+    age_dim: int = 70
+    gender_dim: int = 10
+    dropout: float = 0.5
+
+
+@dataclass
+class LossConfig:
+    # Ages within `age_tolerance` years (|a_i - a_j| <= tolerance) are positives. The paper's
+    # "margin 4: difference less than 4" is tolerance 3 for integer ages (see losses.py).
+    age_tolerance: int = 3
+    q: float = 100.0
+    # 0 = the paper's age-only model; 1 = the multi-task age + gender model.
+    gender_weight: float = 1.0
+    # "global": pairs span the whole batch across workers; "local": each worker's own rows only.
+    pairs: str = "global"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adadelta"
+    lr: float = 1.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    # "siamese" (the paper), or the baselines "regression" (L1 head) and "dex" (softmax expectation).
+    method: str = "siamese"
+    batch_size: int = 128  # global: summed over workers
+    epochs: int = 10
+    # 0 = no limit. A budget ends training at the first step past it, on every worker at once.
+    max_steps: int = 0
+    max_time_s: float = 0.0
+    num_workers: int = 2
+    cpus_per_worker: float = 0.5
+    torch_threads_per_worker: int = 1
+    use_gpu: bool = False
+    amp: bool = False
+    seed: int = 0
+    storage_path: str = "runs"
+    keep_checkpoints: int = 2
+    max_failures: int = 0
+    log_every_steps: int = 20
+    max_age: int = 120  # DEX classes 0..max_age
+
+
+@dataclass
+class EvalConfig:
+    knn_m: int = 20
+    knn_chunk_size: int = 1024
+    cs_max_threshold: int = 10
+    embed_batch_size: int = 128
+    embed_concurrency: int = 1
+    # Baselines evaluated beside the paper's method, each trained with the same backbone and budget.
+    baselines: list[str] = field(default_factory=lambda: ["mean", "ridge-pixels", "regression", "dex"])
+    # Also train the paper's age-only model (gender_weight 0): the ablation of its Table 2.
+    age_only_model: bool = True
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty = start a local Ray instance
+    num_cpus: int = 0  # 0 = all cores of this machine
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+CHOICES = {
+    "dataset.kind": ("synthetic", "utkface", "manifest"),
+    "model.backbone": ("inception_v3", "mobilenet_v2", "resnet18"),
+    "loss.pairs": ("global", "local"),
+    "optim.name": ("adadelta", "adam", "sgd"),
+    "train.method": ("siamese", "regression", "dex"),
+}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field annotation; ints widen to float, nothing else converts."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not {annotation}")
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got bool {value!r}")
+    if not isinstance(value, annotation):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
+    parts = dotted_key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted_key}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.batch_size=64` -> ("train.batch_size", 64); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    return key, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def validate(cfg: Config) -> Config:
+    for dotted, allowed in CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
+    for baseline in cfg.eval.baselines:
+        if baseline not in ("mean", "ridge-pixels", "regression", "dex"):
+            raise ConfigError(f"eval.baselines: unknown baseline {baseline!r}")
+    positive = {
+        "train.batch_size": cfg.train.batch_size,
+        "train.num_workers": cfg.train.num_workers,
+        "data.image_size": cfg.data.image_size,
+        "model.age_dim": cfg.model.age_dim,
+        "model.gender_dim": cfg.model.gender_dim,
+        "eval.knn_m": cfg.eval.knn_m,
+        "loss.q": cfg.loss.q,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    if cfg.train.batch_size % cfg.train.num_workers:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} is not divisible by train.num_workers={cfg.train.num_workers}"
+        )
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.loss.age_tolerance < 0:
+        raise ConfigError(f"loss.age_tolerance: must be >= 0, got {cfg.loss.age_tolerance}")
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    return validate(_from_dict(Config, data))
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load YAML (or defaults when path is None), apply `key=value` overrides, validate."""
+    tree: dict = {}
+    if path:
+        if not os.path.exists(path):
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path) as handle:
+            tree = yaml.safe_load(handle) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config, path: str) -> None:
+    """Write the resolved config; it loads back to an equal Config."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+        yaml.safe_dump(config_to_dict(cfg), handle, sort_keys=False)
+    os.replace(tmp, path)

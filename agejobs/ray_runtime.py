@@ -1,0 +1,55 @@
+"""Connect to a Ray cluster, or start a private local one, and stop only what we started.
+
+A local instance gets its own temp dir and an explicit CPU count: on a shared machine `ray stop`
+(and any cleanup that looks for "the" Ray session) would kill other people's Ray processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+@contextlib.contextmanager
+def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True):
+    """Yield with Ray initialised; shut down afterwards only if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        # Under `ray job submit` the driver inherits RAY_ADDRESS and joins that cluster.
+        ray.init(address=address or None, log_to_driver=not quiet)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    # Short path: Ray's unix sockets live under it and must stay below ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="agejobs-ray-", dir="/tmp")
+    cpus = num_cpus or os.cpu_count() or 1
+    ray.init(
+        num_cpus=cpus,
+        _temp_dir=temp_dir,
+        include_dashboard=False,
+        log_to_driver=True,  # workers print the per-step training log
+        configure_logging=True,
+        logging_level="WARNING" if quiet else "INFO",
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's per-operator progress bars drown the CLI's own; keep its warnings only."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False

@@ -1,0 +1,266 @@
+"""Training on Ray Train: the per-worker loop, TrainState, checkpoints, and the TorchTrainer launch.
+
+    agejobs train -c configs/paper.yaml dataset.source=/data/utkface train.epochs=30
+
+Each worker streams its shard of the Ray Dataset, computes its local rows of the all-pairs loss
+against the gathered global batch (distributed.py), and DDP averages gradients. A checkpoint is
+model + optimizer + TrainState; `restore_state` is the only place a run resumes from one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from agejobs import distributed, losses
+from agejobs.config import Config, config_from_dict, config_to_dict
+from agejobs.data import to_model_input
+from agejobs.model import build_model_from_config
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    samples_seen: int = 0  # faces, summed over workers
+    elapsed_s: float = 0.0  # training time, summed over restarts
+    rng: dict = field(default_factory=dict)
+
+
+def capture_rng() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def apply_rng(rng: dict) -> None:
+    if rng:
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+
+
+def make_optimizer(parameters, optim_cfg) -> torch.optim.Optimizer:
+    if optim_cfg.name == "adadelta":
+        return torch.optim.Adadelta(parameters, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    if optim_cfg.name == "adam":
+        return torch.optim.Adam(parameters, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(parameters, lr=optim_cfg.lr, momentum=0.9, weight_decay=optim_cfg.weight_decay)
+    raise ValueError(f"optim.name: unknown optimizer {optim_cfg.name!r}")
+
+
+def siamese_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """Age (+ gender) revised contrastive loss over local rows x (global or local) columns.
+
+    Returns the loss to backpropagate (already scaled for DDP averaging) and logging values that
+    are the same on every worker: the loss of the whole global batch and its positive-pair ratio.
+    """
+    rank, world = distributed.rank_and_world()
+    local_batch = len(ages)
+    use_global = cfg.loss.pairs == "global" and world > 1
+    offset = rank * local_batch if use_global else 0
+    pair_count = losses.ordered_pair_count(world * local_batch if use_global else local_batch)
+    # Pairs span workers only when asked; DDP averaging over workers is cancelled only then.
+    scale = distributed.global_pair_loss_scale() if use_global else 1
+
+    def task_loss(embeddings: torch.Tensor, labels: torch.Tensor, tolerance: float):
+        # The pair loss runs in at least fp32 under autocast (exp and squares overflow in bf16).
+        embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+        cols = distributed.gather_with_grad(embeddings) if use_global else embeddings
+        col_labels = distributed.gather_no_grad(labels) if use_global else labels
+        pair_sum, positives = losses.revised_contrastive_pair_sum(
+            embeddings, labels, cols, col_labels, tolerance, cfg.loss.q, offset
+        )
+        return pair_sum / pair_count, positives
+
+    age_loss, age_positives = task_loss(outputs["age"], ages, cfg.loss.age_tolerance)
+    loss = age_loss
+    gender_loss = torch.zeros((), device=age_loss.device)
+    if cfg.loss.gender_weight > 0:
+        gender_loss, _ = task_loss(outputs["gender"], genders, 0)
+        loss = age_loss + cfg.loss.gender_weight * gender_loss
+    # Logged values describe the global batch: sums of the per-worker pieces (global pairs), or
+    # the mean of per-worker losses (local pairs).
+    divisor = 1 if use_global else world
+    summed = distributed.all_reduce_sum(torch.stack([age_loss.detach(), gender_loss.detach(), age_positives.float()]))
+    total_pairs = pair_count * (1 if use_global else world)
+    log = {
+        "age_loss": summed[0].item() / divisor,
+        "gender_loss": summed[1].item() / divisor,
+        "positive_pair_ratio": summed[2].item() / total_pairs,
+    }
+    return loss * scale, log
+
+
+def baseline_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """Regression (L1) or DEX (softmax expectation) age loss + gender cross-entropy; DDP averages."""
+    if cfg.train.method == "regression":
+        age_loss = losses.l1_regression_loss(outputs["age"].float(), ages)
+    else:
+        age_loss = losses.dex_loss(outputs["age"].float(), ages)
+    gender_loss = losses.gender_classification_loss(outputs["gender"].float(), genders)
+    _, world = distributed.rank_and_world()
+    summed = distributed.all_reduce_sum(torch.stack([age_loss.detach(), gender_loss.detach()])) / world
+    return age_loss + gender_loss, {"age_loss": summed[0].item(), "gender_loss": summed[1].item()}
+
+
+def save_checkpoint(directory: str, model: torch.nn.Module, optimizer, state: TrainState, cfg: Config) -> None:
+    unwrapped = model.module if hasattr(model, "module") else model
+    payload = {
+        "model": unwrapped.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "train_state": asdict(state),
+        "config": config_to_dict(cfg),
+    }
+    torch.save(payload, os.path.join(directory, CHECKPOINT_FILE))
+
+
+def read_checkpoint(directory: str) -> dict:
+    path = os.path.join(directory, CHECKPOINT_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory} is not an agejobs checkpoint (no {CHECKPOINT_FILE})")
+    # Optimizer and RNG state hold numpy/python objects: this file is ours, not an untrusted one.
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def restore_state(model: torch.nn.Module, optimizer) -> TrainState:
+    """The ONE place a run resumes: Ray Train's latest checkpoint, if any, else a fresh state."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainState()
+    with checkpoint.as_directory() as directory:
+        payload = read_checkpoint(directory)
+    unwrapped = model.module if hasattr(model, "module") else model
+    unwrapped.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    state = TrainState(**payload["train_state"])
+    apply_rng(state.rng)
+    return state
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(loop_config["config"])
+    torch.set_num_threads(cfg.train.torch_threads_per_worker)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every worker
+    device = ray.train.torch.get_device()
+    model = build_model_from_config(cfg.model, cfg.train.method, cfg.train.max_age)
+    if cfg.train.use_gpu:
+        model = model.to(memory_format=torch.channels_last)
+    unused = cfg.train.method == "siamese" and cfg.loss.gender_weight == 0
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    state = restore_state(model, optimizer)
+    if not state.rng:
+        torch.manual_seed(cfg.train.seed + 1000 * (rank + 1))  # different dropout per worker
+
+    shard = ray.train.get_dataset_shard("train")
+    local_batch = cfg.train.batch_size // world
+    compute_loss = siamese_loss if cfg.train.method == "siamese" else baseline_loss
+    started = time.monotonic() - state.elapsed_s
+    stop = False
+    while state.epoch < cfg.train.epochs and not stop:
+        model.train()
+        epoch_log: dict[str, float] = {}
+        epoch_steps, epoch_started, epoch_samples = 0, time.monotonic(), 0
+        batches = shard.iter_torch_batches(batch_size=local_batch, drop_last=True, pin_memory=cfg.train.use_gpu)
+        for batch in batches:
+            images = to_model_input(batch["image"].to(device, non_blocking=True), channels_last=cfg.train.use_gpu)
+            # int64: gloo's collectives reject the manifest's int16/int8 label types.
+            ages, genders = batch["age"].to(device).long(), batch["gender"].to(device).long()
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
+                outputs = model(images)
+            loss, log = compute_loss(outputs, ages, genders, cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+            epoch_steps += 1
+            epoch_samples += local_batch * world
+            state.samples_seen += local_batch * world
+            for key, value in log.items():
+                epoch_log[key] = epoch_log.get(key, 0.0) + value
+            if rank == 0 and cfg.train.log_every_steps and state.step % cfg.train.log_every_steps == 0:
+                rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
+                parts = " ".join(f"{k}={v:.4g}" for k, v in log.items())
+                print(f"[train] epoch {state.epoch + 1} step {state.step} {parts} images/s={rate:.1f}", flush=True)
+            over_steps = cfg.train.max_steps and state.step >= cfg.train.max_steps
+            over_time = cfg.train.max_time_s and time.monotonic() - started >= cfg.train.max_time_s
+            if distributed.any_worker(bool(over_steps or over_time), device):
+                stop = True
+                break
+        state.epoch += 1
+        state.elapsed_s = time.monotonic() - started
+        state.rng = capture_rng()
+        metrics = {key: value / max(epoch_steps, 1) for key, value in epoch_log.items()}
+        metrics.update(
+            epoch=state.epoch,
+            step=state.step,
+            samples_seen=state.samples_seen,
+            images_per_s=epoch_samples / max(time.monotonic() - epoch_started, 1e-9),
+            stopped_early=bool(stop),
+        )
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if rank == 0:
+                save_checkpoint(directory, model, optimizer, state, cfg)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+                print(f"[train] epoch {state.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+@dataclass
+class TrainOutcome:
+    checkpoint_path: str
+    metrics: dict
+
+
+def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: str) -> TrainOutcome:
+    """Launch TorchTrainer on the connected Ray cluster and wait for it."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from agejobs.data import face_dataset
+
+    train_ds = face_dataset(
+        manifest_uri,
+        "train",
+        cfg.data.image_size,
+        train=True,
+        batch_size=cfg.data.decode_batch_size,
+        concurrency=cfg.data.decode_concurrency,
+    ).select_columns(["image", "age", "gender"])
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config_to_dict(cfg)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+        datasets={"train": train_ds},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} finished without a checkpoint: {result.error}")
+    return TrainOutcome(result.checkpoint.path, dict(result.metrics or {}))

@@ -1,0 +1,105 @@
+"""The revised contrastive loss against a naive double loop of eq. 2-4, its gradients, its labels."""
+
+import math
+
+import pytest
+import torch
+
+from agejobs import losses
+
+
+def naive_revised_contrastive(embeddings, labels, tolerance, q=100.0):
+    """Eq. 1-4 transcribed literally, one ordered pair at a time, in Python floats."""
+    n = len(embeddings)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            distance = sum(abs(a - b) for a, b in zip(embeddings[i], embeddings[j]))  # eq. 1, L1
+            similar = abs(labels[i] - labels[j]) <= tolerance  # eq. 3 with the documented margin
+            if similar:
+                total += 2.0 / q * distance**2  # L+
+            else:
+                total += 2.0 * q * math.exp(-2.77 / q * distance)  # L-
+    return total / (n * (n - 1))
+
+
+@pytest.mark.parametrize("tolerance", [0, 1, 3, 4, 10])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loss_equals_naive_double_loop(tolerance, seed):
+    generator = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(17, 7, generator=generator, dtype=torch.float64) * 30
+    labels = torch.randint(0, 25, (17,), generator=generator)
+    expected = naive_revised_contrastive(embeddings.tolist(), labels.tolist(), tolerance)
+    got = losses.revised_contrastive_loss(embeddings, labels, tolerance).item()
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+def test_loss_with_other_q_equals_naive():
+    generator = torch.Generator().manual_seed(3)
+    embeddings = torch.rand(9, 5, generator=generator, dtype=torch.float64) * 10
+    labels = torch.randint(0, 8, (9,), generator=generator)
+    expected = naive_revised_contrastive(embeddings.tolist(), labels.tolist(), 2, q=7.5)
+    assert losses.revised_contrastive_loss(embeddings, labels, 2, q=7.5).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_gradcheck():
+    generator = torch.Generator().manual_seed(4)
+    embeddings = (torch.randn(6, 4, generator=generator, dtype=torch.float64) * 5).requires_grad_()
+    labels = torch.tensor([20, 21, 25, 30, 23, 40])
+    assert torch.autograd.gradcheck(lambda x: losses.revised_contrastive_loss(x, labels, 3), (embeddings,))
+
+
+def test_gap_exactly_at_tolerance_is_positive_and_one_more_is_negative():
+    ages = torch.tensor([30, 33, 34, 27, 26])
+    targets = losses.tolerance_pair_targets(ages, ages, 3)
+    assert targets[0, 1] and targets[1, 0]  # gap 3 == tolerance: positive (paper: "less than 4")
+    assert not targets[0, 2]  # gap 4: negative
+    assert targets[0, 3] and not targets[0, 4]  # same below
+    # The loss follows the targets: a gap-3 pair pays L+, a gap-4 pair pays L-.
+    embeddings = torch.tensor([[0.0], [10.0]], dtype=torch.float64)
+    at_tolerance = losses.revised_contrastive_loss(embeddings, torch.tensor([30, 33]), 3).item()
+    beyond = losses.revised_contrastive_loss(embeddings, torch.tensor([30, 34]), 3).item()
+    assert at_tolerance == pytest.approx(2 / 100 * 10.0**2)
+    assert beyond == pytest.approx(2 * 100 * math.exp(-2.77 * 10 / 100))
+
+
+def test_gender_positives_are_exactly_same_gender_pairs():
+    genders = torch.tensor([0, 1, 1, 0, 1])
+    targets = losses.tolerance_pair_targets(genders, genders, 0)
+    expected = torch.tensor([[a == b for b in genders.tolist()] for a in genders.tolist()])
+    assert torch.equal(targets, expected)
+
+
+def test_self_pairs_are_excluded():
+    # Two identical faces of the same age: the only pairs are (0,1) and (1,0), at distance 0.
+    embeddings = torch.zeros(2, 3)
+    assert losses.revised_contrastive_loss(embeddings, torch.tensor([5, 5]), 0).item() == 0.0
+
+
+def test_row_slices_sum_to_the_full_loss():
+    """Local rows x global columns, summed over slices, is the loss of the whole batch."""
+    generator = torch.Generator().manual_seed(5)
+    embeddings = torch.randn(12, 6, generator=generator, dtype=torch.float64) * 20
+    labels = torch.randint(0, 30, (12,), generator=generator)
+    full = losses.revised_contrastive_loss(embeddings, labels, 3)
+    pieces = [
+        losses.revised_contrastive_pair_sum(embeddings[s : s + 4], labels[s : s + 4], embeddings, labels, 3, row_offset=s)[0]
+        for s in (0, 4, 8)
+    ]
+    assert (sum(pieces) / losses.ordered_pair_count(12)).item() == pytest.approx(full.item(), rel=1e-12)
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="do not match"):
+        losses.revised_contrastive_loss(torch.zeros(3, 2), torch.zeros(4), 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        losses.revised_contrastive_loss(torch.zeros(1, 2), torch.zeros(1), 1)
+
+
+def test_dex_expectation_and_baseline_losses():
+    logits = torch.full((1, 5), -1e9)
+    logits[0, 2] = logits[0, 4] = 0.0  # half the mass on age 2, half on age 4
+    assert losses.dex_expectation(logits).item() == pytest.approx(3.0)
+    assert losses.l1_regression_loss(torch.tensor([[10.0], [20.0]]), torch.tensor([12, 20])).item() == pytest.approx(1.0)
