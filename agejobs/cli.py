@@ -26,9 +26,9 @@ def _print_json(payload: dict) -> None:
 
 
 def _load(args) -> "Config":  # noqa: F821
-    from agejobs.config import load_config
+    from agejobs.config import load_config, with_absolute_paths
 
-    return load_config(args.config, args.overrides)
+    return with_absolute_paths(load_config(args.config, args.overrides))
 
 
 def main_synth(args) -> int:

@@ -43,6 +43,9 @@ class DataConfig:
     # Ray Data tasks decoding images in parallel with training.
     decode_concurrency: int = 1
     decode_batch_size: int = 64
+    # Streaming shuffle: manifest blocks in random order each epoch + a local row buffer per worker.
+    manifest_blocks: int = 16
+    shuffle_buffer_size: int = 512
 
 
 @dataclass
@@ -83,6 +86,8 @@ class TrainConfig:
     # 0 = no limit. A budget ends training at the first step past it, on every worker at once.
     max_steps: int = 0
     max_time_s: float = 0.0
+    # "cosine" decays the learning rate to 0 over the budget (epochs, max_steps or max_time_s).
+    lr_schedule: str = "constant"
     num_workers: int = 2
     cpus_per_worker: float = 0.5
     torch_threads_per_worker: int = 1
@@ -103,6 +108,7 @@ class EvalConfig:
     cs_max_threshold: int = 10
     embed_batch_size: int = 128
     embed_concurrency: int = 1
+    embed_torch_threads: int = 1
     # Baselines evaluated beside the paper's method, each trained with the same backbone and budget.
     baselines: list[str] = field(default_factory=lambda: ["mean", "ridge-pixels", "regression", "dex"])
     # Also train the paper's age-only model (gender_weight 0): the ablation of its Table 2.
@@ -129,10 +135,11 @@ class Config:
 
 CHOICES = {
     "dataset.kind": ("synthetic", "utkface", "manifest"),
-    "model.backbone": ("inception_v3", "mobilenet_v2", "resnet18"),
+    "model.backbone": ("inception_v3", "mobilenet_v2", "resnet18", "mobilenet_v3_small"),
     "loss.pairs": ("global", "local"),
     "optim.name": ("adadelta", "adam", "sgd"),
     "train.method": ("siamese", "regression", "dex"),
+    "train.lr_schedule": ("constant", "cosine"),
 }
 
 
@@ -253,6 +260,21 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
     return config_from_dict(tree)
+
+
+def with_absolute_paths(cfg: Config, base: str | None = None) -> Config:
+    """Resolve relative local paths against `base` (default: cwd) in the driver: Ray workers run
+    in other directories, possibly on other machines."""
+    base = base or os.getcwd()
+
+    def resolve(value: str) -> str:
+        return value if not value or "://" in value or os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+
+    return dataclasses.replace(
+        cfg,
+        dataset=dataclasses.replace(cfg.dataset, source=resolve(cfg.dataset.source)),
+        model=dataclasses.replace(cfg.model, weights=resolve(cfg.model.weights)),
+    )
 
 
 def config_to_dict(cfg: Config) -> dict:

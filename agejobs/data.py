@@ -96,17 +96,23 @@ class DecodeFaces:
         return out
 
 
-def manifest_dataset(manifest_uri: str, split: str | None = None, shuffle: bool = False, seed: int | None = None):
-    """Manifest rows of one split as a Ray Dataset (not yet decoded)."""
+def manifest_dataset(manifest_uri: str, split: str | None = None, shuffle: bool = False, blocks: int = 16):
+    """Manifest rows of one split as a Ray Dataset (not yet decoded).
+
+    Shuffling is streaming-friendly: the manifest is cut into `blocks` blocks whose order is
+    randomized every epoch, and the trainer's local shuffle buffer mixes rows across them. A
+    full `random_shuffle` is an all-to-all barrier that stalls every epoch's first batch.
+    """
     import ray
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(manifest_uri, columns=["image_id", "path", "age", "gender", "split"])
+    ds = ray.data.read_parquet(
+        manifest_uri, columns=["image_id", "path", "age", "gender", "split"], override_num_blocks=blocks
+    )
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
     if shuffle:
-        # Shuffling rows of the manifest, before decoding, is cheap: a row is a path and labels.
-        ds = ds.random_shuffle(seed=seed)
+        ds = ds.randomize_block_order()
     return ds
 
 
@@ -118,11 +124,12 @@ def face_dataset(
     batch_size: int = 64,
     concurrency: int = 1,
     keep_errors: bool = False,
+    blocks: int = 16,
 ):
     """Decoded faces of one split, streaming. Errored rows are dropped unless `keep_errors`."""
     from ray.data.expressions import col
 
-    ds = manifest_dataset(manifest_uri, split, shuffle=train)
+    ds = manifest_dataset(manifest_uri, split, shuffle=train, blocks=blocks)
     ds = ds.map_batches(
         DecodeFaces,
         fn_constructor_kwargs={"image_size": image_size, "flip_probability": 0.5 if train else 0.0},

@@ -75,16 +75,19 @@ def global_pair_loss_scale() -> int:
     return rank_and_world()[1]
 
 
-def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
-    """Sum a (detached) tensor over workers, for logging and for global stop decisions."""
+def _all_reduce(value: torch.Tensor, op) -> torch.Tensor:
     if not is_distributed():
         return value
     value = value.detach().clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    dist.all_reduce(value, op=op)
     return value
 
 
-def any_worker(flag: bool, device=None) -> bool:
-    """True on every worker if any worker's flag is True: stop decisions must agree, or the
-    next gather waits forever for a worker that has left the loop."""
-    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0], device=device)).item() > 0)
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum a (detached) tensor over workers, for logging."""
+    return _all_reduce(value, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    """Max of a (detached) tensor over workers: one shared clock for schedules and budgets."""
+    return _all_reduce(value, dist.ReduceOp.MAX)

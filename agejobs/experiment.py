@@ -64,7 +64,12 @@ def methods_to_train(cfg: Config) -> list[tuple[str, Config]]:
 
 def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_dir: str) -> list[dict]:
     """Embed gallery (train split) and queries (test split); estimate by M-nearest neighbours."""
-    kwargs = dict(image_size=cfg.data.image_size, batch_size=cfg.eval.embed_batch_size, concurrency=cfg.eval.embed_concurrency)
+    kwargs = dict(
+        image_size=cfg.data.image_size,
+        batch_size=cfg.eval.embed_batch_size,
+        concurrency=cfg.eval.embed_concurrency,
+        torch_threads=cfg.eval.embed_torch_threads,
+    )
     reference = gallery.embed_split(checkpoint, manifest, "train", **kwargs)
     queries = gallery.embed_split(checkpoint, manifest, "test", **kwargs)
     m, chunk = cfg.eval.knn_m, cfg.eval.knn_chunk_size
@@ -85,7 +90,15 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
 
 
 def direct_report(name: str, checkpoint: str, manifest: str, cfg: Config) -> dict:
-    queries = gallery.embed_split(checkpoint, manifest, "test", cfg.data.image_size, cfg.eval.embed_batch_size, cfg.eval.embed_concurrency)
+    queries = gallery.embed_split(
+        checkpoint,
+        manifest,
+        "test",
+        cfg.data.image_size,
+        cfg.eval.embed_batch_size,
+        cfg.eval.embed_concurrency,
+        cfg.eval.embed_torch_threads,
+    )
     return evaluate.method_report(name, queries["predicted_age"], queries["age"], queries["predicted_gender"], queries["gender"])
 
 

@@ -53,12 +53,20 @@ class Embedder:
         return out
 
 
-def embed_split(checkpoint_dir: str, manifest_uri: str, split: str, image_size: int, batch_size: int = 128, concurrency: int = 1) -> dict:
+def embed_split(
+    checkpoint_dir: str,
+    manifest_uri: str,
+    split: str,
+    image_size: int,
+    batch_size: int = 128,
+    concurrency: int = 1,
+    torch_threads: int = 1,
+) -> dict:
     """Run the embedder over one split of a manifest; returns column -> numpy array, by image_id."""
     ds = face_dataset(manifest_uri, split, image_size, train=False, batch_size=batch_size, concurrency=concurrency)
     ds = ds.drop_columns(["error"]).map_batches(
         Embedder,
-        fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir},
+        fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": torch_threads},
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=concurrency,

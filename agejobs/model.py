@@ -22,6 +22,8 @@ BACKBONES = {
     "inception_v3": ("fc", 2048, 75),
     "mobilenet_v2": ("classifier", 1280, 32),
     "resnet18": ("fc", 512, 32),
+    # Small and fast on CPU: the demo's backbone.
+    "mobilenet_v3_small": ("classifier", 576, 32),
 }
 METHODS = ("siamese", "regression", "dex")
 
@@ -55,6 +57,8 @@ def _torchvision_backbone(name: str, with_imagenet_classifier_shapes: bool) -> n
         return torchvision.models.mobilenet_v2(weights=None)
     if name == "resnet18":
         return torchvision.models.resnet18(weights=None)
+    if name == "mobilenet_v3_small":
+        return torchvision.models.mobilenet_v3_small(weights=None)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 

@@ -9,6 +9,7 @@ model + optimizer + TrainState; `restore_state` is the only place a run resumes 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
@@ -54,6 +55,22 @@ def make_optimizer(parameters, optim_cfg) -> torch.optim.Optimizer:
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(parameters, lr=optim_cfg.lr, momentum=0.9, weight_decay=optim_cfg.weight_decay)
     raise ValueError(f"optim.name: unknown optimizer {optim_cfg.name!r}")
+
+
+def budget_progress(state: TrainState, elapsed_s: float, cfg: Config, steps_per_epoch: int) -> float:
+    """Fraction of the training budget used: the largest of epochs, steps and time."""
+    fractions = [state.step / max(cfg.train.epochs * steps_per_epoch, 1)]
+    if cfg.train.max_steps:
+        fractions.append(state.step / cfg.train.max_steps)
+    if cfg.train.max_time_s:
+        fractions.append(elapsed_s / cfg.train.max_time_s)
+    return min(1.0, max(fractions))
+
+
+def scheduled_lr(base_lr: float, progress: float, schedule: str) -> float:
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base_lr
 
 
 def siamese_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
@@ -170,6 +187,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     local_batch = cfg.train.batch_size // world
+    steps_per_epoch = max(loop_config["train_rows"] // cfg.train.batch_size, 1)
     compute_loss = siamese_loss if cfg.train.method == "siamese" else baseline_loss
     started = time.monotonic() - state.elapsed_s
     stop = False
@@ -177,7 +195,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.train()
         epoch_log: dict[str, float] = {}
         epoch_steps, epoch_started, epoch_samples = 0, time.monotonic(), 0
-        batches = shard.iter_torch_batches(batch_size=local_batch, drop_last=True, pin_memory=cfg.train.use_gpu)
+        batches = shard.iter_torch_batches(
+            batch_size=local_batch,
+            drop_last=True,
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
+            pin_memory=cfg.train.use_gpu,
+        )
         for batch in batches:
             images = to_model_input(batch["image"].to(device, non_blocking=True), channels_last=cfg.train.use_gpu)
             # int64: gloo's collectives reject the manifest's int16/int8 label types.
@@ -198,9 +221,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
                 parts = " ".join(f"{k}={v:.4g}" for k, v in log.items())
                 print(f"[train] epoch {state.epoch + 1} step {state.step} {parts} images/s={rate:.1f}", flush=True)
-            over_steps = cfg.train.max_steps and state.step >= cfg.train.max_steps
-            over_time = cfg.train.max_time_s and time.monotonic() - started >= cfg.train.max_time_s
-            if distributed.any_worker(bool(over_steps or over_time), device):
+            # Workers' clocks differ: the slowest one's elapsed time drives the LR and the stop,
+            # so every worker takes the same decision at the same step.
+            elapsed = distributed.all_reduce_max(torch.tensor([time.monotonic() - started], device=device)).item()
+            progress = budget_progress(state, elapsed, cfg, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = scheduled_lr(cfg.optim.lr, progress, cfg.train.lr_schedule)
+            if progress >= 1.0 and (cfg.train.max_steps or cfg.train.max_time_s):
                 stop = True
                 break
         state.epoch += 1
@@ -229,6 +256,18 @@ class TrainOutcome:
     metrics: dict
 
 
+def count_split_rows(manifest_uri: str, split: str) -> int:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from agejobs import storage
+
+    fs, path = storage.filesystem_for(manifest_uri)
+    with fs.open(path, "rb") as handle:
+        splits = pq.read_table(handle, columns=["split"])["split"]
+    return int(pc.sum(pc.equal(splits, split)).as_py() or 0)
+
+
 def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: str) -> TrainOutcome:
     """Launch TorchTrainer on the connected Ray cluster and wait for it."""
     import ray.train
@@ -243,10 +282,11 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
         train=True,
         batch_size=cfg.data.decode_batch_size,
         concurrency=cfg.data.decode_concurrency,
+        blocks=cfg.data.manifest_blocks,
     ).select_columns(["image", "age", "gender"])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(cfg)},
+        train_loop_config={"config": config_to_dict(cfg), "train_rows": count_split_rows(manifest_uri, "train")},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,

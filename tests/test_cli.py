@@ -1,0 +1,47 @@
+"""The console script: instant help, JSON count lines, errors that name the input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agejobs.cli import main
+
+UTKFACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-part1"
+
+
+def test_help_imports_no_heavy_modules():
+    code = "import sys; from agejobs.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'ray', 'scann', 'torchvision', 'pyarrow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_python_dash_m_help():
+    out = subprocess.run([sys.executable, "-m", "agejobs", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "demo" in out and "ingest" in out
+
+
+def last_json_line(text: str) -> dict:
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+
+
+def test_synth_prints_counts(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "synth"), "--subjects", "6", "--images-per-subject", "2", "--size", "40"]) == 0
+    counts = last_json_line(capsys.readouterr().out)
+    assert counts["rows_ok"] == 12 and counts["rows_rejected"] == 0
+    assert (tmp_path / "synth" / "manifest.parquet").exists()
+
+
+@pytest.mark.skipif(not UTKFACE.is_dir(), reason="shared UTKFace subset not present beside the checkout")
+def test_ingest_utkface_prints_counts(tmp_path, capsys):
+    assert main(["ingest", "utkface", str(UTKFACE), str(tmp_path / "utk")]) == 0
+    counts = last_json_line(capsys.readouterr().out)
+    assert (counts["rows_ok"], counts["rows_rejected"]) == (9778, 2)
+    assert counts["rows_in"] == counts["rows_ok"] + counts["rows_rejected"]
+
+
+def test_bad_override_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path), "train.batchsize=3"]) == 2
+    assert "unknown config key train.batchsize" in capsys.readouterr().err

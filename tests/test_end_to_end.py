@@ -1,0 +1,49 @@
+"""The whole pipeline on Ray, tiny: synth -> train (paper + baselines) -> gallery -> evaluate."""
+
+import json
+
+import pytest
+
+from agejobs.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_pipeline_end_to_end(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    overrides = [
+        "dataset.synth_subjects=24",
+        "dataset.synth_images_per_subject=3",
+        "dataset.synth_image_size=40",
+        "data.image_size=32",
+        "model.weights=",  # random init: the test needs no weights file
+        "train.lr_schedule=cosine",
+        "train.batch_size=16",
+        "train.max_steps=2",
+        "train.max_time_s=0",
+        "eval.knn_m=5",
+        "eval.age_only_model=false",
+    ]
+    assert main(["demo", "--workdir", str(workdir), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert "siamese-knn" in out and "report:" in out
+
+    report = json.loads((workdir / "report.json").read_text())
+    methods = {m["method"]: m for m in report["methods"]}
+    assert set(methods) == {"siamese-knn", "regression", "dex", "mean", "ridge-pixels"}
+    test_rows = report["dataset_counts"]["test"]
+    for method in methods.values():
+        assert method["n"] == test_rows  # every test face estimated by every method
+        assert 0 <= method["mae"] < 120
+        assert set(method["cs"]) == {str(t) for t in range(11)}
+        assert 0.0 <= method["gender_accuracy"] <= 1.0
+    assert 0.0 <= methods["siamese-knn"]["gender_accuracy_from_age_embedding"] <= 1.0
+    for plot in ("cs_curve.png", "mae_by_age.png", "embedding_siamese-knn.png"):
+        assert (workdir / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (workdir / "config.yaml").exists()
+    # Each trained model left a checkpoint with model, optimizer, TrainState and config.
+    import torch
+
+    checkpoint = torch.load(f"{report['checkpoints']['siamese-knn']}/checkpoint.pt", weights_only=False)
+    assert set(checkpoint) == {"model", "optimizer", "train_state", "config"}
+    assert checkpoint["train_state"]["step"] == 2
