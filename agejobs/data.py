@@ -141,3 +141,17 @@ def face_dataset(
     if not keep_errors:
         ds = ds.filter(expr=col("error") == "")
     return ds
+
+
+def collect_by_image_id(ds, transform=None) -> dict:
+    """Stream a dataset into column -> numpy array, rows sorted by image_id (streaming order is
+    not deterministic). `transform(batch) -> batch` shrinks each batch before it is kept."""
+    parts: dict[str, list] = {}
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        for name, values in (transform(batch) if transform else batch).items():
+            parts.setdefault(name, []).append(values)
+    if not parts:
+        return {}
+    columns = {name: np.concatenate(values) for name, values in parts.items()}
+    order = np.argsort(columns["image_id"], kind="stable")
+    return {name: values[order] for name, values in columns.items()}

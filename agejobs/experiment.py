@@ -104,16 +104,13 @@ def direct_report(name: str, checkpoint: str, manifest: str, cfg: Config) -> dic
 
 def load_pixels(manifest: str, split: str, size: int) -> dict:
     """Raw faces of a split as flat float pixels (for the ridge baseline), through the shared decoder."""
-    from agejobs.data import face_dataset
+    from agejobs.data import collect_by_image_id, face_dataset
 
-    parts: dict[str, list] = {"pixels": [], "age": [], "gender": [], "image_id": []}
-    for batch in face_dataset(manifest, split, size).iter_batches(batch_format="numpy", batch_size=None):
-        parts["pixels"].append(batch["image"].reshape(len(batch["image"]), -1).astype(np.float32) / 255.0)
-        for name in ("age", "gender", "image_id"):
-            parts[name].append(batch[name])
-    columns = {name: np.concatenate(values) for name, values in parts.items()}
-    order = np.argsort(columns["image_id"], kind="stable")
-    return {name: values[order] for name, values in columns.items()}
+    def flatten(batch: dict) -> dict:
+        pixels = batch["image"].reshape(len(batch["image"]), -1).astype(np.float32) / 255.0
+        return {"pixels": pixels, "age": batch["age"], "gender": batch["gender"], "image_id": batch["image_id"]}
+
+    return collect_by_image_id(face_dataset(manifest, split, size), flatten)
 
 
 def ridge_pixels_report(manifest: str, size: int = 32) -> dict:

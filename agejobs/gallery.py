@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from agejobs.config import config_from_dict
-from agejobs.data import face_dataset, to_model_input
+from agejobs.data import collect_by_image_id, face_dataset, to_model_input
 from agejobs.losses import dex_expectation
 from agejobs.model import build_model_from_config
 from agejobs.train import read_checkpoint
@@ -72,15 +72,10 @@ def embed_split(
         concurrency=concurrency,
         num_cpus=1,
     )
-    parts: dict[str, list] = {}
-    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-        for name, values in batch.items():
-            parts.setdefault(name, []).append(values)
-    if not parts:
+    columns = collect_by_image_id(ds)
+    if not columns:
         raise ValueError(f"split {split!r} of {manifest_uri} has no decodable faces")
-    columns = {name: np.concatenate(values) for name, values in parts.items()}
-    order = np.argsort(columns["image_id"], kind="stable")  # streaming order is not deterministic
-    return {name: values[order] for name, values in columns.items()}
+    return columns
 
 
 def exact_l1_knn(

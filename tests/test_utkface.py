@@ -8,7 +8,7 @@ import pytest
 from agejobs.datasets.manifest import MANIFEST_SCHEMA, ERRORS_SCHEMA, read_manifest
 from agejobs.datasets.utkface import import_utkface, parse_utkface_name, write_import
 
-# The repo is /work/main and the shared data sits beside it in /work/shared.
+# The shared data sits beside the checkout: <parent>/shared/data/utkface-part1.
 REAL_UTKFACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-part1"
 
 VALID_FILES = {
