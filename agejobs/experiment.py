@@ -155,7 +155,7 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
     runs = methods_to_train(cfg)
     stages = ["data"] + [f"train {name}" for name, _ in runs] + [f"evaluate {name}" for name, _ in runs]
     stages += [f"evaluate {name}" for name in ("mean", "ridge-pixels") if name in cfg.eval.baselines]
-    bar = tqdm(total=len(stages), desc="demo", unit="stage")
+    bar = tqdm(total=len(stages), desc="experiment", unit="stage")
 
     def stage(label: str):
         bar.set_postfix_str(label)

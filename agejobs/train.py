@@ -176,6 +176,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every worker
     device = ray.train.torch.get_device()
     model = build_model_from_config(cfg.model, cfg.train.method, cfg.train.max_age)
+    if cfg.train.method == "regression":
+        # Start at the training mean, as any regression baseline should: from 0, a small-LR
+        # optimizer spends its whole budget walking the bias to the age scale.
+        with torch.no_grad():
+            model.age_head.bias.fill_(loop_config.get("train_age_mean", 0.0))
     if cfg.train.use_gpu:
         model = model.to(memory_format=torch.channels_last)
     unused = cfg.train.method == "siamese" and cfg.loss.gender_weight == 0
@@ -256,7 +261,8 @@ class TrainOutcome:
     metrics: dict
 
 
-def count_split_rows(manifest_uri: str, split: str) -> int:
+def split_age_stats(manifest_uri: str, split: str) -> tuple[int, float]:
+    """(rows, mean age) of one split, from the manifest's label columns only."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -264,8 +270,9 @@ def count_split_rows(manifest_uri: str, split: str) -> int:
 
     fs, path = storage.filesystem_for(manifest_uri)
     with fs.open(path, "rb") as handle:
-        splits = pq.read_table(handle, columns=["split"])["split"]
-    return int(pc.sum(pc.equal(splits, split)).as_py() or 0)
+        table = pq.read_table(handle, columns=["split", "age"])
+    ages = table.filter(pc.equal(table["split"], split))["age"]
+    return len(ages), float(pc.mean(ages).as_py() or 0.0)
 
 
 def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: str) -> TrainOutcome:
@@ -275,6 +282,7 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
 
     from agejobs.data import face_dataset
 
+    train_rows, train_age_mean = split_age_stats(manifest_uri, "train")
     train_ds = face_dataset(
         manifest_uri,
         "train",
@@ -286,7 +294,7 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
     ).select_columns(["image", "age", "gender"])
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(cfg), "train_rows": count_split_rows(manifest_uri, "train")},
+        train_loop_config={"config": config_to_dict(cfg), "train_rows": train_rows, "train_age_mean": train_age_mean},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=cfg.train.use_gpu,
