@@ -106,8 +106,8 @@ def manifest_dataset(manifest_uri: str, split: str | None = None, shuffle: bool 
     import ray
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(
-        manifest_uri, columns=["image_id", "path", "age", "gender", "split"], override_num_blocks=blocks
+    ds = ray.data.read_parquet(manifest_uri, override_num_blocks=blocks).select_columns(
+        ["image_id", "path", "age", "gender", "split"]
     )
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
@@ -127,6 +127,7 @@ def face_dataset(
     blocks: int = 16,
 ):
     """Decoded faces of one split, streaming. Errored rows are dropped unless `keep_errors`."""
+    from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
     ds = manifest_dataset(manifest_uri, split, shuffle=train, blocks=blocks)
@@ -135,7 +136,7 @@ def face_dataset(
         fn_constructor_kwargs={"image_size": image_size, "flip_probability": 0.5 if train else 0.0},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ActorPoolStrategy(size=concurrency),
         num_cpus=0.5,
     )
     if not keep_errors:

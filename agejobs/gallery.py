@@ -63,13 +63,15 @@ def embed_split(
     torch_threads: int = 1,
 ) -> dict:
     """Run the embedder over one split of a manifest; returns column -> numpy array, by image_id."""
+    from ray.data import ActorPoolStrategy
+
     ds = face_dataset(manifest_uri, split, image_size, train=False, batch_size=batch_size, concurrency=concurrency)
     ds = ds.drop_columns(["error"]).map_batches(
         Embedder,
         fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": torch_threads},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ActorPoolStrategy(size=concurrency),
         num_cpus=1,
     )
     columns = collect_by_image_id(ds)
