@@ -15,15 +15,16 @@ that need them.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from agejobs import storage
 
 CS_TABLE_THRESHOLDS = (3, 5)
 
@@ -176,29 +177,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _temp_path_beside(path: str) -> str:
-    """Create the parent directory of ``path``; return an unused temp path in it (same filesystem)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    return os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-
-
 def write_report(path: str, reports: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``{"methods": reports, **extra}`` as strict JSON (no NaN) via temp file + rename."""
+    """Write ``{"methods": reports, **extra}`` as strict JSON (no NaN) written atomically (storage.write_bytes_atomic)."""
     extra = dict(extra or {})
     if "methods" in extra:
         raise ValueError('extra must not contain the key "methods"')
     document = {"methods": list(reports), **extra}
     text = json.dumps(document, indent=2, allow_nan=False, default=_json_default)
-    tmp_path = _temp_path_beside(path)
-    try:
-        with open(tmp_path, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    storage.write_bytes_atomic(path, (text + "\n").encode("utf-8"))
     return document
 
 
@@ -244,14 +230,9 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def _save_png(figure: Any, path: str) -> None:
-    tmp_path = _temp_path_beside(path)
-    try:
-        figure.savefig(tmp_path, format="png")
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    storage.write_bytes_atomic(path, buffer.getvalue())
 
 
 def _check_reports(reports: list[dict[str, Any]]) -> None:

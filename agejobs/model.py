@@ -143,7 +143,3 @@ def build_model_from_config(model_cfg, method: str, max_age: int = 120, weights:
         weights=model_cfg.weights if weights is None else weights,
         max_age=max_age,
     )
-
-
-def min_input_size(backbone: str) -> int:
-    return BACKBONES[backbone][2]

@@ -19,11 +19,12 @@ rows_in == rows_ok + rows_rejected always holds.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from agejobs import storage
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -87,12 +88,11 @@ def errors_to_table(rejected: list[Rejected]) -> pa.Table:
     return pa.Table.from_pylist([r.__dict__ for r in rejected], schema=ERRORS_SCHEMA)
 
 
-def write_table_atomic(table: pa.Table, path: str) -> None:
-    """Write Parquet to a temp name, then rename: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+def write_table_atomic(table: pa.Table, uri: str) -> None:
+    """Write Parquet so that a reader never sees half a file (any local path or URI)."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    storage.write_bytes_atomic(uri, buffer.getvalue().to_pybytes())
 
 
 def read_manifest(path: str) -> pa.Table:
