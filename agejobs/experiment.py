@@ -62,16 +62,23 @@ def methods_to_train(cfg: Config) -> list[tuple[str, Config]]:
     return runs
 
 
+def embed(checkpoint: str, manifest: str, split: str, cfg: Config) -> dict:
+    """One split through the checkpoint's embedder, sized by the eval config."""
+    return gallery.embed_split(
+        checkpoint,
+        manifest,
+        split,
+        cfg.data.image_size,
+        cfg.eval.embed_batch_size,
+        cfg.eval.embed_concurrency,
+        cfg.eval.embed_torch_threads,
+    )
+
+
 def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_dir: str) -> list[dict]:
     """Embed gallery (train split) and queries (test split); estimate by M-nearest neighbours."""
-    kwargs = dict(
-        image_size=cfg.data.image_size,
-        batch_size=cfg.eval.embed_batch_size,
-        concurrency=cfg.eval.embed_concurrency,
-        torch_threads=cfg.eval.embed_torch_threads,
-    )
-    reference = gallery.embed_split(checkpoint, manifest, "train", **kwargs)
-    queries = gallery.embed_split(checkpoint, manifest, "test", **kwargs)
+    reference = embed(checkpoint, manifest, "train", cfg)
+    queries = embed(checkpoint, manifest, "test", cfg)
     m, chunk = cfg.eval.knn_m, cfg.eval.knn_chunk_size
     _, age_neighbours = gallery.exact_l1_knn(queries["age_embedding"], reference["age_embedding"], m, chunk)
     predicted_age = gallery.mean_neighbour_age(age_neighbours, reference["age"])
@@ -90,15 +97,7 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
 
 
 def direct_report(name: str, checkpoint: str, manifest: str, cfg: Config) -> dict:
-    queries = gallery.embed_split(
-        checkpoint,
-        manifest,
-        "test",
-        cfg.data.image_size,
-        cfg.eval.embed_batch_size,
-        cfg.eval.embed_concurrency,
-        cfg.eval.embed_torch_threads,
-    )
+    queries = embed(checkpoint, manifest, "test", cfg)
     return evaluate.method_report(name, queries["predicted_age"], queries["age"], queries["predicted_gender"], queries["gender"])
 
 

@@ -226,9 +226,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
                 parts = " ".join(f"{k}={v:.4g}" for k, v in log.items())
                 print(f"[train] epoch {state.epoch + 1} step {state.step} {parts} images/s={rate:.1f}", flush=True)
-            # Workers' clocks differ: the slowest one's elapsed time drives the LR and the stop,
-            # so every worker takes the same decision at the same step.
-            elapsed = distributed.all_reduce_max(torch.tensor([time.monotonic() - started], device=device)).item()
+            # Workers' clocks differ: with a time budget the slowest one's elapsed time drives the
+            # LR and the stop, so every worker takes the same decision at the same step. Without
+            # one, progress is step-based and identical everywhere: no collective needed.
+            elapsed = 0.0
+            if cfg.train.max_time_s:
+                elapsed = distributed.all_reduce_max(torch.tensor([time.monotonic() - started], device=device)).item()
             progress = budget_progress(state, elapsed, cfg, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = scheduled_lr(cfg.optim.lr, progress, cfg.train.lr_schedule)
