@@ -116,6 +116,21 @@ class EvalConfig:
 
 
 @dataclass
+class StorageConfig:
+    # S3 settings; empty = the standard AWS chain (environment, ~/.aws files, instance role).
+    # See storage.py. Keys given here are exported to the chain, never written back out.
+    endpoint_url: str = ""
+    region: str = ""
+    profile: str = ""
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    retries: int = 5
+
+
+SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")
+
+
+@dataclass
 class RayConfig:
     address: str = ""  # empty = start a local Ray instance
     num_cpus: int = 0  # 0 = all cores of this machine
@@ -130,6 +145,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -237,6 +253,8 @@ def validate(cfg: Config) -> Config:
         )
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.storage.retries < 1:
+        raise ConfigError(f"storage.retries: must be >= 1, got {cfg.storage.retries}")
     if cfg.loss.age_tolerance < 0:
         raise ConfigError(f"loss.age_tolerance: must be >= 0, got {cfg.loss.age_tolerance}")
     return cfg
@@ -277,14 +295,28 @@ def with_absolute_paths(cfg: Config, base: str | None = None) -> Config:
     )
 
 
+def without_secrets(cfg: Config) -> Config:
+    """The config with credentials blanked: what may be logged, dumped or put in a checkpoint.
+    A reader of the dump falls back to the standard AWS chain for credentials."""
+    return dataclasses.replace(
+        cfg, storage=dataclasses.replace(cfg.storage, access_key_id="", secret_access_key="")
+    )
+
+
 def config_to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    """Plain-data form of the config, credentials blanked (see `without_secrets`)."""
+    return dataclasses.asdict(without_secrets(cfg))
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
 def dump_config(cfg: Config, path: str) -> None:
-    """Write the resolved config; it loads back to an equal Config."""
+    """Write the resolved config (credentials blanked) to a local path; it loads back to an
+    equal Config apart from the credentials. For URIs use storage.write_bytes_atomic."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as handle:
-        yaml.safe_dump(config_to_dict(cfg), handle, sort_keys=False)
+        handle.write(config_to_yaml(cfg))
     os.replace(tmp, path)

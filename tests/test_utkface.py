@@ -128,7 +128,7 @@ def test_split_fraction_and_modes(tmp_path: Path):
 
 
 def test_bad_arguments_raise(tmp_path: Path):
-    with pytest.raises(ValueError, match="unknown split 'by_age'"):
+    with pytest.raises(ValueError, match="unknown split protocol 'by_age'"):
         import_utkface(str(tmp_path), split="by_age")
     with pytest.raises(ValueError, match="test_fraction"):
         import_utkface(str(tmp_path), test_fraction=1.5)  # raised even with no images to split

@@ -1,26 +1,27 @@
-"""Import a UTKFace directory into the common manifest.
+"""Import a UTKFace directory (local or URI) into the common manifest.
 
 UTKFace carries its labels in the file name, `<age>_<gender>_<race>_<datetime>.jpg.chip.jpg`
 (the aligned-and-cropped release; the in-the-wild release drops `.chip.jpg`):
 age in years, gender 0 = male / 1 = female, race 0..4, datetime yyyymmddHHMMSSfff.
-Every file in the directory is either a manifest row or a rejected input with a reason,
+Every file under the directory is either a manifest row or a rejected input with a reason,
 so rows_in == rows_ok + rows_rejected; subdirectories are not inputs and are skipped.
+UTKFace has no identity labels: each image is its own subject, so the "random" and "subject"
+split protocols coincide.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
-import pyarrow as pa
-
+from agejobs import storage
 from agejobs.datasets.manifest import (
+    ImportResult,
     Rejected,
-    errors_to_table,
+    SplitSpec,
+    manifest_row,
     rows_to_table,
-    subject_split,
     validate_label,
-    write_table_atomic,
+    write_import,  # noqa: F401  (re-exported: `from agejobs.datasets.utkface import write_import`)
 )
 
 DATASET = "utkface"
@@ -33,26 +34,6 @@ RACES = range(0, 5)  # 0 White, 1 Black, 2 Asian, 3 Indian, 4 Others
 # millisecond part is one digit short (e.g. 14_0_0_2017011022340900), so accept 0..3
 # millisecond digits: the datetime carries no label, and those images are fine.
 DATETIME_DIGITS = range(14, 18)
-# "random" is the paper's protocol (random test selection); "subject" is the
-# subject-exclusive protocol used for other datasets. See _split_for for why they agree here.
-SPLIT_MODES = ("random", "subject")
-
-
-@dataclass
-class ImportResult:
-    table: pa.Table  # manifest rows (MANIFEST_SCHEMA), sorted by image_id
-    rejected: list[Rejected] = field(default_factory=list)
-
-    def counts(self) -> dict:
-        splits = self.table.column("split").to_pylist()
-        rows_ok = self.table.num_rows
-        return {
-            "rows_in": rows_ok + len(self.rejected),
-            "rows_ok": rows_ok,
-            "rows_rejected": len(self.rejected),
-            "train": splits.count("train"),
-            "test": splits.count("test"),
-        }
 
 
 def image_id_of(file_name: str) -> str | None:
@@ -97,84 +78,31 @@ def parse_utkface_name(file_name: str) -> dict:
     return {"age": age, "gender": gender, "race": race, "datetime": datetime_text}
 
 
-def _split_for(image_id: str, split: str, test_fraction: float, seed: int) -> str:
-    # UTKFace has no identity labels, so each image is its own subject (subject_id = image_id).
-    # Hashing per image with subject_split is then a seeded random selection of test images,
-    # which is the paper's "random" protocol, and "subject" reduces to exactly the same thing.
-    # Hashing rather than shuffling keeps an image's split stable when files are added.
-    if split not in SPLIT_MODES:
-        raise ValueError(f"unknown split {split!r}, expected one of {SPLIT_MODES}")
-    return subject_split(image_id, test_fraction, seed)
-
-
-def _problem_with_file(entry: os.DirEntry) -> str | None:
-    """Reason a directory entry cannot be an image, or None when it can."""
-    try:
-        if not entry.is_file():  # follows symlinks: a dangling link or a socket lands here
-            return "not a regular file"
-        if entry.stat().st_size == 0:
-            return "empty file"
-    except OSError as error:
-        return f"cannot stat file: {error.strerror or error}"
-    return None
-
-
-def import_utkface(
-    src_dir: str, split: str = "random", test_fraction: float = 0.2, seed: int = 0
-) -> ImportResult:
+def import_utkface(src_dir: str, split: str = "random", test_fraction: float = 0.2, seed: int = 0) -> ImportResult:
     """One manifest row per well-named, non-empty image in src_dir; everything else rejected."""
-    # Fail on bad arguments up front, not only once a valid image turns up.
-    _split_for("", split, test_fraction, seed)
-    src_dir = os.path.abspath(src_dir)
-    with os.scandir(src_dir) as scan:
-        entries = sorted(scan, key=lambda entry: entry.name)  # deterministic order
-
+    spec = SplitSpec(split, test_fraction, seed)  # bad arguments fail before any listing
+    if not storage.is_remote(src_dir):
+        src_dir = os.path.abspath(src_dir.removeprefix("file://"))
     rows: list[dict] = []
     rejected: list[Rejected] = []
     file_name_of_id: dict[str, str] = {}
-    for entry in entries:
+    for uri, size in storage.list_files(src_dir):
+        file_name = uri.rsplit("/", 1)[-1]
         try:
-            if entry.is_dir():
-                continue
-        except OSError:
-            pass  # unreadable entry: not a directory we can skip, so judge it as a file below
-        path = os.path.join(src_dir, entry.name)
-        try:
-            labels = parse_utkface_name(entry.name)
+            labels = parse_utkface_name(file_name)
         except ValueError as error:
-            rejected.append(Rejected(path, STAGE, str(error)))
+            rejected.append(Rejected(uri, STAGE, str(error)))
             continue
-        problem = _problem_with_file(entry)
-        if problem is not None:
-            rejected.append(Rejected(path, STAGE, problem))
+        if size == 0:
+            rejected.append(Rejected(uri, STAGE, "empty file"))
             continue
-        image_id = image_id_of(entry.name)
+        image_id = image_id_of(file_name)
         if image_id in file_name_of_id:
             # `x.jpg` and `x.jpg.chip.jpg` side by side would share an id; keep the first.
             reason = f"duplicate image_id {image_id!r}, already imported from {file_name_of_id[image_id]}"
-            rejected.append(Rejected(path, STAGE, reason))
+            rejected.append(Rejected(uri, STAGE, reason))
             continue
-        file_name_of_id[image_id] = entry.name
-        rows.append(
-            {
-                "image_id": image_id,
-                "path": path,
-                "age": labels["age"],
-                "gender": labels["gender"],
-                "subject_id": image_id,  # no identity labels: each image is its own subject
-                "split": _split_for(image_id, split, test_fraction, seed),
-                "dataset": DATASET,
-            }
-        )
+        file_name_of_id[image_id] = file_name
+        rows.append(manifest_row(image_id, uri, labels["age"], labels["gender"], image_id, spec, DATASET))
     rows.sort(key=lambda row: row["image_id"])
-    return ImportResult(table=rows_to_table(rows), rejected=rejected)
-
-
-def write_import(result: ImportResult, out_dir: str) -> dict:
-    """Write out_dir/errors.parquet then out_dir/manifest.parquet; return the counts.
-
-    The manifest goes last so that a reader who finds it also finds its complete errors table.
-    """
-    write_table_atomic(errors_to_table(result.rejected), os.path.join(out_dir, "errors.parquet"))
-    write_table_atomic(result.table, os.path.join(out_dir, "manifest.parquet"))
-    return result.counts()
+    return ImportResult(table=rows_to_table(rows), rejected=rejected, split=spec)
