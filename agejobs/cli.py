@@ -1,14 +1,17 @@
 """The `agejobs` command. Each subcommand is a `main_<name>(args)`; heavy imports happen inside them
 so that `agejobs --help` starts instantly.
 
-    agejobs demo [--workdir DIR] [-c configs/demo.yaml] [key=value ...]
+    agejobs demo [--workdir DIR] [--storage local|s3] [-c configs/demo.yaml] [key=value ...]
     agejobs experiment -c configs/utkface.yaml --workdir DIR [key=value ...]
     agejobs synth OUT [--subjects N] [--images-per-subject K] [--size PX] [--seed S]
-    agejobs ingest utkface SRC OUT [--test-fraction F] [--seed S]
-    agejobs train -c CONFIG --manifest MANIFEST [--workdir DIR] [key=value ...]
-    agejobs evaluate --checkpoint DIR --manifest MANIFEST [--workdir DIR]
+    agejobs ingest LAYOUT SRC OUT [--split random|subject] [--test-fraction F] [--seed S]
+    agejobs pack MANIFEST OUT [--shard-mb MB] [--no-verify]
+    agejobs train -c CONFIG --manifest MANIFEST|PACK [--workdir DIR] [key=value ...]
+    agejobs evaluate --checkpoint DIR --manifest MANIFEST|PACK [--workdir DIR]
 
-Batch commands end by printing one JSON line of counts or results.
+Every path may be a local path or a URI (s3://bucket/prefix; S3 settings from the config's
+`storage:` section or the standard AWS environment). Batch commands end by printing one JSON
+line of counts or results.
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ def _print_json(payload: dict) -> None:
 
 
 def _load(args) -> "Config":  # noqa: F821
+    """The run's config; its S3 settings are exported before anything (Ray included) starts."""
+    from agejobs import storage
     from agejobs.config import load_config, with_absolute_paths
 
-    return with_absolute_paths(load_config(args.config, args.overrides))
+    cfg = with_absolute_paths(load_config(args.config, args.overrides))
+    storage.configure(cfg.storage)
+    return cfg
 
 
 def main_synth(args) -> int:
@@ -46,16 +53,29 @@ def main_synth(args) -> int:
 
 
 def main_ingest(args) -> int:
-    from agejobs.datasets.utkface import import_utkface, write_import
+    from agejobs import storage
+    from agejobs.datasets.manifest import SplitSpec, write_import
+    from agejobs.datasets.registry import import_layout
 
-    if not os.path.isdir(args.src):
-        raise SystemExit(f"agejobs ingest: source directory {args.src} does not exist")
-    result = import_utkface(args.src, args.split, args.test_fraction, args.seed)
-    _print_json(write_import(result, args.out))
+    if not storage.exists(args.src):
+        raise ValueError(f"source {args.src} does not exist")
+    result = import_layout(args.layout, args.src, SplitSpec(args.split, args.test_fraction, args.seed))
+    _print_json({"layout": args.layout, **write_import(result, args.out)})
+    return 0
+
+
+def main_pack(args) -> int:
+    from agejobs.pack import pack
+    from agejobs.ray_runtime import ray_session
+
+    with ray_session(num_cpus=args.num_cpus):
+        _print_json(pack(args.manifest, args.out, int(args.shard_mb * 2**20), verify_images=not args.no_verify))
     return 0
 
 
 def _run_experiment(args) -> int:
+    if getattr(args, "storage", "local") == "s3":
+        return _run_demo_on_local_s3(args)
     from agejobs import evaluate
     from agejobs.experiment import run_experiment
     from agejobs.ray_runtime import quiet_ray_data, ray_session
@@ -64,6 +84,47 @@ def _run_experiment(args) -> int:
     with ray_session(cfg.ray.address, cfg.ray.num_cpus):
         quiet_ray_data()
         report = run_experiment(cfg, args.workdir)
+    return _print_experiment(report)
+
+
+DEMO_BUCKET = "agejobs-demo"
+
+
+def _run_demo_on_local_s3(args) -> int:
+    """The demo with every byte going through an embedded S3 endpoint (moto on 127.0.0.1):
+    faces uploaded to s3://agejobs-demo/<run>/data, packed into shards there, streamed into
+    training, checkpoints and outputs written there; the report and plots are then copied
+    back to --workdir, since the endpoint (and its in-memory bucket) ends with the command."""
+    import dataclasses
+
+    from agejobs import storage
+    from agejobs.experiment import run_experiment
+    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.s3_local import LocalS3
+
+    local_workdir = os.path.abspath(args.workdir)
+    with LocalS3() as endpoint:
+        print(f"embedded S3 endpoint: {endpoint.endpoint_url}", flush=True)
+        cfg = _load(args)
+        cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, pack=True))
+        endpoint.create_bucket(DEMO_BUCKET)
+        remote_workdir = f"s3://{DEMO_BUCKET}/{os.path.basename(local_workdir.rstrip('/')) or 'demo'}"
+        with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+            quiet_ray_data()
+            report = run_experiment(cfg, remote_workdir)
+        fs, remote_path = storage.filesystem_for(remote_workdir)
+        os.makedirs(local_workdir, exist_ok=True)
+        for name in ("report.json", "config.yaml", "plots", "data/errors.parquet"):
+            if fs.exists(f"{remote_path}/{name}"):
+                fs.get(f"{remote_path}/{name}", os.path.join(local_workdir, name), recursive=True)
+    report["workdir"] = local_workdir
+    print(f"\n(copied from {remote_workdir} before the embedded endpoint stopped)")
+    return _print_experiment(report)
+
+
+def _print_experiment(report: dict) -> int:
+    from agejobs import evaluate
+
     print()
     print(evaluate.format_table(report["methods"]))
     print(f"\nreport: {os.path.join(report['workdir'], 'report.json')}")
@@ -73,43 +134,51 @@ def _run_experiment(args) -> int:
     return 0
 
 
+def _workdir(uri: str) -> str:
+    from agejobs import storage
+
+    return uri if storage.is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
+
+
 def main_train(args) -> int:
-    from agejobs.config import dump_config
+    from agejobs import storage
+    from agejobs.config import config_to_yaml
     from agejobs.ray_runtime import quiet_ray_data, ray_session
     from agejobs.train import run_training
 
     cfg = _load(args)
-    workdir = os.path.abspath(args.workdir)
-    dump_config(cfg, os.path.join(workdir, "config.yaml"))
-    storage = cfg.train.storage_path if "://" in cfg.train.storage_path else os.path.join(workdir, cfg.train.storage_path)
+    workdir = _workdir(args.workdir)
+    storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
+    path = cfg.train.storage_path
+    checkpoints = path if storage.is_remote(path) or os.path.isabs(path) else storage.join(workdir, path)
     with ray_session(cfg.ray.address, cfg.ray.num_cpus):
         quiet_ray_data()
-        outcome = run_training(cfg, args.manifest, args.name or cfg.train.method, storage)
+        outcome = run_training(cfg, args.manifest, args.name or cfg.train.method, checkpoints)
     _print_json({"checkpoint": outcome.checkpoint_path, **{k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}})
     return 0
 
 
 def main_evaluate(args) -> int:
-    from agejobs import evaluate
+    from agejobs import evaluate, storage
     from agejobs.experiment import SIAMESE, direct_report, knn_reports
     from agejobs.gallery import load_trained_model
     from agejobs.ray_runtime import quiet_ray_data, ray_session
 
     _, cfg = load_trained_model(args.checkpoint)
-    workdir = os.path.abspath(args.workdir)
-    plots_dir = os.path.join(workdir, "plots")
-    os.makedirs(plots_dir, exist_ok=True)
+    workdir = _workdir(args.workdir)
+    plots_dir = storage.join(workdir, "plots")
     with ray_session(cfg.ray.address, cfg.ray.num_cpus):
         quiet_ray_data()
         if cfg.train.method == "siamese":
             reports = knn_reports(SIAMESE, args.checkpoint, args.manifest, cfg, plots_dir)
         else:
             reports = [direct_report(cfg.train.method, args.checkpoint, args.manifest, cfg)]
-    evaluate.plot_cs_curves(reports, os.path.join(plots_dir, "cs_curve.png"))
-    evaluate.plot_mae_by_age(reports, os.path.join(plots_dir, "mae_by_age.png"))
-    evaluate.write_report(os.path.join(workdir, "report.json"), reports, {"checkpoint": args.checkpoint, "manifest": args.manifest})
+    evaluate.plot_cs_curves(reports, storage.join(plots_dir, "cs_curve.png"))
+    evaluate.plot_mae_by_age(reports, storage.join(plots_dir, "mae_by_age.png"))
+    report_uri = storage.join(workdir, "report.json")
+    evaluate.write_report(report_uri, reports, {"checkpoint": args.checkpoint, "manifest": args.manifest})
     print(evaluate.format_table(reports))
-    _print_json({"mae": reports[0]["mae"], "n": reports[0]["n"], "report": os.path.join(workdir, "report.json")})
+    _print_json({"mae": reports[0]["mae"], "n": reports[0]["n"], "report": report_uri})
     return 0
 
 
@@ -123,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="synthetic faces -> train -> gallery -> evaluate, on 2 CPU cores")
     demo.add_argument("--workdir", default="runs/demo", help="every output goes here (report: WORKDIR/report.json)")
+    demo.add_argument(
+        "--storage",
+        default="local",
+        choices=["local", "s3"],
+        help="s3: run everything through an embedded S3 endpoint on 127.0.0.1 (moto), packed shards included",
+    )
     with_config(demo, default=DEFAULT_DEMO_CONFIG)
     demo.set_defaults(handler=_run_experiment)
 
@@ -141,16 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(handler=main_synth)
 
     ingest = commands.add_parser("ingest", help="import a published dataset layout into a manifest")
-    ingest.add_argument("layout", choices=["utkface"])
-    ingest.add_argument("src")
-    ingest.add_argument("out")
+    ingest.add_argument("layout", help="utkface, morph, megaage, aaf, fgnet, appa-real or imdb-wiki")
+    ingest.add_argument("src", help="the dataset's root directory or URI, in its published layout")
+    ingest.add_argument("out", help="directory or URI for manifest.parquet + errors.parquet")
     ingest.add_argument("--split", default="random", choices=["random", "subject"])
     ingest.add_argument("--test-fraction", type=float, default=0.2)
     ingest.add_argument("--seed", type=int, default=0)
     ingest.set_defaults(handler=main_ingest)
 
+    pack_command = commands.add_parser("pack", help="manifest of loose images -> Parquet shards of image bytes")
+    pack_command.add_argument("manifest")
+    pack_command.add_argument("out", help="directory or URI for shard-NNNNN.parquet (+ .errors.parquet, .done)")
+    pack_command.add_argument("--shard-mb", type=float, default=64.0, help="target shard size")
+    pack_command.add_argument("--no-verify", action="store_true", help="do not decode images while packing")
+    pack_command.add_argument("--num-cpus", type=int, default=0, help="for a local Ray instance; 0 = all cores")
+    pack_command.set_defaults(handler=main_pack)
+
     train = commands.add_parser("train", help="train one model with Ray Train")
-    train.add_argument("--manifest", required=True, help="manifest.parquet (agejobs synth / ingest)")
+    train.add_argument("--manifest", required=True, help="manifest.parquet or pack directory (local or URI)")
     train.add_argument("--workdir", default="runs/train")
     train.add_argument("--name", default="", help="run name under the storage path")
     with_config(train, required=True)
@@ -165,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agejobs.storage import StorageError  # light: fsspec only
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except ValueError as error:  # config, input and weights errors: a message, not a traceback
+    except (ValueError, StorageError) as error:  # config, input, weights, storage: a message, not a traceback
         print(f"agejobs {args.command}: error: {error}", file=sys.stderr)
         return 2

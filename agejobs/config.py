@@ -31,6 +31,11 @@ class DatasetConfig:
     source: str = ""
     test_fraction: float = 0.2
     split_seed: int = 0
+    split_protocol: str = "random"  # "random" (the paper) or "subject" (subject-exclusive)
+    # Pack the manifest into Parquet shards of image bytes (`agejobs pack`) and train/evaluate
+    # from the shards: large sequential reads instead of one GET per image.
+    pack: bool = False
+    pack_shard_mb: float = 64.0
     # Synthetic faces only.
     synth_subjects: int = 600
     synth_images_per_subject: int = 5
@@ -46,6 +51,8 @@ class DataConfig:
     # Streaming shuffle: manifest blocks in random order each epoch + a local row buffer per worker.
     manifest_blocks: int = 16
     shuffle_buffer_size: int = 512
+    # Crop to the largest face OpenCV's Haar cascade finds (for uncropped archives).
+    face_crop: bool = False
 
 
 @dataclass
@@ -151,6 +158,7 @@ class Config:
 
 CHOICES = {
     "dataset.kind": ("synthetic", "utkface", "manifest"),
+    "dataset.split_protocol": ("random", "subject"),
     "model.backbone": ("inception_v3", "mobilenet_v2", "resnet18", "mobilenet_v3_small"),
     "loss.pairs": ("global", "local"),
     "optim.name": ("adadelta", "adam", "sgd"),

@@ -1,7 +1,12 @@
-"""Faces as Ray Data streams, and THE preprocessing shared by training, evaluation and scoring.
+"""Faces as Ray Data streams, from loose images or packed shards, local or s3://.
 
-    manifest.parquet -> read_parquet -> filter(split) -> [shuffle rows] -> map_batches(DecodeFaces)
-                     -> {"image": uint8 (n, S, S, 3), "age", "gender", "image_id", "error"}
+    SOURCE -> read_parquet -> filter(split) -> [shuffle blocks] -> map_batches(DecodeFaces)
+           -> {"image": uint8 (n, S, S, 3), "age", "gender", "image_id", "error"}
+
+SOURCE is either a manifest (one Parquet file; each row names an image file by `path`, one GET
+per image) or a pack directory (`agejobs pack`: shards carrying the image bytes themselves).
+Either way nothing is materialised: rows stream through the decode actors in blocks.
+The preprocessing itself is images.preprocess_encoded, the same function everywhere.
 
 Decoding and resizing run in Ray Data on CPU (so CPU nodes can feed GPU trainers) and ship uint8
 (4x smaller than float); `to_model_input` normalizes on the model's device. A face that cannot be
@@ -10,50 +15,11 @@ decoded becomes a row with a non-empty `error`, never an exception that kills th
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
-from agejobs import storage
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from agejobs import pack, storage
+from agejobs.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, preprocess_encoded
 LABEL_COLUMNS = ("image_id", "age", "gender")
-
-
-class ImageDecodeError(ValueError):
-    """An input that is not a usable image; the message names the input."""
-
-
-def decode_image(data: bytes, source: str = "<bytes>") -> "np.ndarray":
-    """Encoded bytes -> RGB uint8 (H, W, 3), EXIF orientation applied."""
-    from PIL import Image, ImageOps
-
-    if not data:
-        raise ImageDecodeError(f"{source}: empty file")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"))
-    except Image.DecompressionBombError as error:
-        raise ImageDecodeError(f"{source}: image too large ({error})") from error
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ImageDecodeError(f"{source}: cannot decode image ({error})") from error
-
-
-def resize_square(image: "np.ndarray", size: int) -> "np.ndarray":
-    """Resize a face crop to (size, size, 3) uint8; the whole crop is kept, aspect is not."""
-    from PIL import Image
-
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
-def preprocess_encoded(data: bytes, size: int, flip: bool = False, source: str = "<bytes>") -> "np.ndarray":
-    """The one preprocessing path: decode -> RGB -> resize -> optional horizontal flip."""
-    image = resize_square(decode_image(data, source), size)
-    return image[:, ::-1] if flip else image
 
 
 def to_model_input(images: "torch.Tensor", channels_last: bool = False) -> "torch.Tensor":  # noqa: F821
@@ -73,20 +39,23 @@ class DecodeFaces:
     scoring use 0, so every face is seen exactly as at test time.
     """
 
-    def __init__(self, image_size: int, flip_probability: float = 0.0, seed: int | None = None):
+    def __init__(self, image_size: int, flip_probability: float = 0.0, seed: int | None = None, face_crop: bool = False):
         self.image_size = image_size
+        self.face_crop = face_crop
         self.flip_probability = flip_probability
         # Unseeded for training: each epoch re-executes the stage and should flip differently.
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, batch: dict) -> dict:
         paths = batch["path"]
+        packed_bytes = batch.get("image_bytes")  # present when reading shards of a pack
         images = np.zeros((len(paths), self.image_size, self.image_size, 3), dtype=np.uint8)
         errors = []
         flips = self.rng.random(len(paths)) < self.flip_probability
         for index, path in enumerate(paths):
             try:
-                images[index] = preprocess_encoded(storage.read_bytes(path), self.image_size, flips[index], path)
+                data = packed_bytes[index] if packed_bytes is not None else storage.read_bytes(path)
+                images[index] = preprocess_encoded(data, self.image_size, flips[index], path, face_crop=self.face_crop)
                 errors.append("")
             except (ImageDecodeError, OSError) as error:
                 errors.append(str(error))
@@ -96,19 +65,41 @@ class DecodeFaces:
         return out
 
 
-def manifest_dataset(manifest_uri: str, split: str | None = None, shuffle: bool = False, blocks: int = 16):
-    """Manifest rows of one split as a Ray Dataset (not yet decoded).
+def label_table(source_uri: str, columns: tuple[str, ...] = ("image_id", "age", "gender", "split")):
+    """Label columns of every face of a manifest or a pack (no image bytes are read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    Shuffling is streaming-friendly: the manifest is cut into `blocks` blocks whose order is
-    randomized every epoch, and the trainer's local shuffle buffer mixes rows across them. A
-    full `random_shuffle` is an all-to-all barrier that stalls every epoch's first batch.
+    uris = pack.done_shards(source_uri) if pack.is_pack(source_uri) else [source_uri]
+    tables = []
+    for uri in uris:
+        fs, path = storage.filesystem_for(uri)
+        tables.append(pq.read_table(path, filesystem=fs, columns=list(columns)))
+    return pa.concat_tables(tables)
+
+
+def manifest_dataset(source_uri: str, split: str | None = None, shuffle: bool = False, blocks: int = 16):
+    """Rows of one split of a manifest or a pack as a Ray Dataset (not yet decoded).
+
+    Shuffling is streaming-friendly: the rows are cut into `blocks` blocks (for a pack, at
+    least one per shard) whose order is randomized every epoch, and the trainer's local shuffle
+    buffer mixes rows across them. A full `random_shuffle` is an all-to-all barrier that stalls
+    every epoch's first batch.
     """
     import ray
     from ray.data.expressions import col
 
-    ds = ray.data.read_parquet(manifest_uri, override_num_blocks=blocks).select_columns(
-        ["image_id", "path", "age", "gender", "split"]
-    )
+    columns = ["image_id", "path", "age", "gender", "split"]
+    if pack.is_pack(source_uri):
+        shards = pack.done_shards(source_uri)
+        filesystem, _ = storage.arrow_filesystem(shards[0])
+        paths = [storage.filesystem_for(uri)[1] for uri in shards]
+        ds = ray.data.read_parquet(paths, filesystem=filesystem, override_num_blocks=max(blocks, len(paths)))
+        columns.append("image_bytes")
+    else:
+        filesystem, path = storage.arrow_filesystem(source_uri)
+        ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks)
+    ds = ds.select_columns(columns)
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
     if shuffle:
@@ -125,6 +116,7 @@ def face_dataset(
     concurrency: int = 1,
     keep_errors: bool = False,
     blocks: int = 16,
+    face_crop: bool = False,
 ):
     """Decoded faces of one split, streaming. Errored rows are dropped unless `keep_errors`."""
     from ray.data import ActorPoolStrategy
@@ -133,7 +125,11 @@ def face_dataset(
     ds = manifest_dataset(manifest_uri, split, shuffle=train, blocks=blocks)
     ds = ds.map_batches(
         DecodeFaces,
-        fn_constructor_kwargs={"image_size": image_size, "flip_probability": 0.5 if train else 0.0},
+        fn_constructor_kwargs={
+            "image_size": image_size,
+            "flip_probability": 0.5 if train else 0.0,
+            "face_crop": face_crop,
+        },
         batch_size=batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=concurrency),

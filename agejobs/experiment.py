@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from agejobs import evaluate, gallery
-from agejobs.config import Config, config_to_dict, dump_config
+from agejobs import evaluate, gallery, storage
+from agejobs.config import Config, config_to_dict, config_to_yaml
 from agejobs.train import run_training
 
 SIAMESE, SIAMESE_AGE_ONLY = "siamese-knn", "siamese-knn-age-only"
@@ -25,7 +25,7 @@ SIAMESE, SIAMESE_AGE_ONLY = "siamese-knn", "siamese-knn-age-only"
 
 def prepare_dataset(cfg: Config, workdir: str) -> tuple[str, dict]:
     """Materialise the configured faces as a manifest; returns (manifest path, import counts)."""
-    data_dir = os.path.join(workdir, "data")
+    data_dir = storage.join(workdir, "data")
     kind = cfg.dataset.kind
     if kind == "synthetic":
         from agejobs.datasets.synthetic import SynthSpec, write_synthetic
@@ -38,14 +38,16 @@ def prepare_dataset(cfg: Config, workdir: str) -> tuple[str, dict]:
             seed=cfg.dataset.split_seed,
         )
         counts = write_synthetic(data_dir, spec, progress=True)
-        return os.path.join(data_dir, "manifest.parquet"), counts
+        return storage.join(data_dir, "manifest.parquet"), counts
     if kind == "utkface":
+        from agejobs.datasets.manifest import SplitSpec
         from agejobs.datasets.utkface import import_utkface, write_import
 
         if not cfg.dataset.source:
             raise ValueError("dataset.source: the UTKFace directory is required for dataset.kind=utkface")
-        result = import_utkface(cfg.dataset.source, "random", cfg.dataset.test_fraction, cfg.dataset.split_seed)
-        return os.path.join(data_dir, "manifest.parquet"), write_import(result, data_dir)
+        split = SplitSpec(cfg.dataset.split_protocol, cfg.dataset.test_fraction, cfg.dataset.split_seed)
+        result = import_utkface(cfg.dataset.source, split)
+        return storage.join(data_dir, "manifest.parquet"), write_import(result, data_dir)
     if not cfg.dataset.source:
         raise ValueError("dataset.source: a manifest path is required for dataset.kind=manifest")
     return cfg.dataset.source, {}
@@ -72,6 +74,7 @@ def embed(checkpoint: str, manifest: str, split: str, cfg: Config) -> dict:
         cfg.eval.embed_batch_size,
         cfg.eval.embed_concurrency,
         cfg.eval.embed_torch_threads,
+        cfg.data.face_crop,
     )
 
 
@@ -83,7 +86,7 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
     _, age_neighbours = gallery.exact_l1_knn(queries["age_embedding"], reference["age_embedding"], m, chunk)
     predicted_age = gallery.mean_neighbour_age(age_neighbours, reference["age"])
     gender_from_age, _ = gallery.majority_neighbour_gender(age_neighbours, reference["gender"])
-    evaluate.plot_embedding_map(queries["age_embedding"], queries["age"], os.path.join(plots_dir, f"embedding_{name}.png"))
+    evaluate.plot_embedding_map(queries["age_embedding"], queries["age"], storage.join(plots_dir, f"embedding_{name}.png"))
     reports = []
     if name == SIAMESE and cfg.loss.gender_weight > 0:
         _, gender_neighbours = gallery.exact_l1_knn(queries["gender_embedding"], reference["gender_embedding"], m, chunk)
@@ -101,7 +104,7 @@ def direct_report(name: str, checkpoint: str, manifest: str, cfg: Config) -> dic
     return evaluate.method_report(name, queries["predicted_age"], queries["age"], queries["predicted_gender"], queries["gender"])
 
 
-def load_pixels(manifest: str, split: str, size: int) -> dict:
+def load_pixels(manifest: str, split: str, size: int, face_crop: bool = False) -> dict:
     """Raw faces of a split as flat float pixels (for the ridge baseline), through the shared decoder."""
     from agejobs.data import collect_by_image_id, face_dataset
 
@@ -109,14 +112,14 @@ def load_pixels(manifest: str, split: str, size: int) -> dict:
         pixels = batch["image"].reshape(len(batch["image"]), -1).astype(np.float32) / 255.0
         return {"pixels": pixels, "age": batch["age"], "gender": batch["gender"], "image_id": batch["image_id"]}
 
-    return collect_by_image_id(face_dataset(manifest, split, size), flatten)
+    return collect_by_image_id(face_dataset(manifest, split, size, face_crop=face_crop), flatten)
 
 
-def ridge_pixels_report(manifest: str, size: int = 32) -> dict:
+def ridge_pixels_report(manifest: str, size: int = 32, face_crop: bool = False) -> dict:
     """Ridge regression on raw pixels: how far plain pixel statistics get on this data."""
     from sklearn.linear_model import RidgeClassifierCV, RidgeCV
 
-    train, test = load_pixels(manifest, "train", size), load_pixels(manifest, "test", size)
+    train, test = load_pixels(manifest, "train", size, face_crop), load_pixels(manifest, "test", size, face_crop)
     alphas = np.logspace(-1, 4, 11)
     age_model = RidgeCV(alphas=alphas).fit(train["pixels"], train["age"])
     gender_model = RidgeClassifierCV(alphas=alphas).fit(train["pixels"], train["gender"])
@@ -132,9 +135,9 @@ def ridge_pixels_report(manifest: str, size: int = 32) -> dict:
 
 
 def mean_report(manifest: str) -> dict:
-    import pyarrow.parquet as pq
+    from agejobs.data import label_table
 
-    table = pq.read_table(manifest, columns=["age", "gender", "split"]).to_pandas()
+    table = label_table(manifest, ("age", "gender", "split")).to_pandas()
     train, test = table[table["split"] == "train"], table[table["split"] == "test"]
     majority_gender = int(train["gender"].mode().iloc[0])
     return evaluate.method_report(
@@ -146,10 +149,10 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
     """The whole experiment on the connected Ray cluster; returns the report (also report.json)."""
     from tqdm.auto import tqdm
 
-    workdir = os.path.abspath(workdir)
-    plots_dir = os.path.join(workdir, "plots")
-    os.makedirs(plots_dir, exist_ok=True)
-    dump_config(cfg, os.path.join(workdir, "config.yaml"))
+    if not storage.is_remote(workdir):
+        workdir = os.path.abspath(workdir.removeprefix("file://"))
+    plots_dir = storage.join(workdir, "plots")
+    storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
     timings: dict[str, float] = {}
     runs = methods_to_train(cfg)
     stages = ["data"] + [f"train {name}" for name, _ in runs] + [f"evaluate {name}" for name, _ in runs]
@@ -162,13 +165,19 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
 
     started = stage("data")
     manifest, counts = prepare_dataset(cfg, workdir)
+    if cfg.dataset.pack:
+        from agejobs.pack import pack
+
+        packed = storage.join(workdir, "packed")
+        counts["pack"] = pack(manifest, packed, int(cfg.dataset.pack_shard_mb * 2**20))
+        manifest = packed  # train and evaluate stream the shards
     timings["data"] = time.monotonic() - started
     bar.update()
 
     checkpoints, train_metrics = {}, {}
     for name, run_cfg in runs:
         started = stage(f"train {name}")
-        outcome = run_training(run_cfg, manifest, name, os.path.join(workdir, "checkpoints"))
+        outcome = run_training(run_cfg, manifest, name, storage.join(workdir, "checkpoints"))
         checkpoints[name], train_metrics[name] = outcome.checkpoint_path, outcome.metrics
         timings[f"train {name}"] = time.monotonic() - started
         bar.update()
@@ -182,7 +191,7 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
             reports.append(direct_report(name, checkpoints[name], manifest, run_cfg))
         timings[f"evaluate {name}"] = time.monotonic() - started
         bar.update()
-    for name, build in (("mean", lambda: mean_report(manifest)), ("ridge-pixels", lambda: ridge_pixels_report(manifest))):
+    for name, build in (("mean", lambda: mean_report(manifest)), ("ridge-pixels", lambda: ridge_pixels_report(manifest, face_crop=cfg.data.face_crop))):
         if name in cfg.eval.baselines:
             started = stage(f"evaluate {name}")
             reports.append(build())
@@ -190,8 +199,8 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
             bar.update()
     bar.close()
 
-    evaluate.plot_cs_curves(reports, os.path.join(plots_dir, "cs_curve.png"))
-    evaluate.plot_mae_by_age(reports, os.path.join(plots_dir, "mae_by_age.png"))
+    evaluate.plot_cs_curves(reports, storage.join(plots_dir, "cs_curve.png"))
+    evaluate.plot_mae_by_age(reports, storage.join(plots_dir, "mae_by_age.png"))
     extra = {
         "workdir": workdir,
         "manifest": manifest,
@@ -201,4 +210,4 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
         "timings_s": timings,
         "config": config_to_dict(cfg),
     }
-    return evaluate.write_report(os.path.join(workdir, "report.json"), reports, extra)
+    return evaluate.write_report(storage.join(workdir, "report.json"), reports, extra)

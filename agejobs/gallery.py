@@ -61,11 +61,14 @@ def embed_split(
     batch_size: int = 128,
     concurrency: int = 1,
     torch_threads: int = 1,
+    face_crop: bool = False,
 ) -> dict:
-    """Run the embedder over one split of a manifest; returns column -> numpy array, by image_id."""
+    """Run the embedder over one split of a manifest or pack; returns column -> numpy array, by image_id."""
     from ray.data import ActorPoolStrategy
 
-    ds = face_dataset(manifest_uri, split, image_size, train=False, batch_size=batch_size, concurrency=concurrency)
+    ds = face_dataset(
+        manifest_uri, split, image_size, train=False, batch_size=batch_size, concurrency=concurrency, face_crop=face_crop
+    )
     ds = ds.drop_columns(["error"]).map_batches(
         Embedder,
         fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": torch_threads},

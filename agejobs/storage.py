@@ -60,16 +60,15 @@ _s3_filesystem_cache: dict = {}
 
 
 def _s3_filesystem() -> fsspec.AbstractFileSystem:
-    retries = int(os.environ.get("AGEJOBS_S3_RETRIES", _retries))
+    retries = _current_retries()
     key = (retries, os.environ.get("AWS_ENDPOINT_URL", ""), os.getpid())
     if key not in _s3_filesystem_cache:
-        options = {
-            "retries": retries,
-            "config_kwargs": {"retries": {"max_attempts": retries, "mode": "standard"}},
-        }
+        options = {"config_kwargs": {"retries": {"max_attempts": retries, "mode": "standard"}}}
         if os.environ.get("AWS_ENDPOINT_URL"):
             options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
-        _s3_filesystem_cache[key] = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
+        fs.retries = retries  # s3fs's own retry loop (a class attribute, not a constructor option)
+        _s3_filesystem_cache[key] = fs
     return _s3_filesystem_cache[key]
 
 
@@ -117,7 +116,13 @@ def _named(uri: str, error: Exception) -> StorageError:
         return StorageError(f"{uri}: no such object, prefix or bucket")
     if isinstance(error, PermissionError):
         return StorageError(f"{uri}: access denied ({error})")
-    return StorageError(f"{uri}: {type(error).__name__}: {error}")
+    if is_remote(uri):
+        return StorageError(f"{uri}: {error} (gave up after the retry budget, storage.retries={_current_retries()})")
+    return StorageError(f"{uri}: {error}")
+
+
+def _current_retries() -> int:
+    return int(os.environ.get("AGEJOBS_S3_RETRIES", _retries))
 
 
 def exists(uri: str) -> bool:
@@ -131,7 +136,9 @@ def read_bytes(uri: str) -> bytes:
     try:
         with fs.open(path, "rb") as handle:
             return handle.read()
-    except (FileNotFoundError, PermissionError) as error:
+    except StorageError:
+        raise
+    except OSError as error:  # transient errors arrive here only once retries are exhausted
         raise _named(uri, error) from error
 
 
@@ -143,7 +150,7 @@ def list_files(uri: str) -> list[tuple[str, int]]:
     fs, path = filesystem_for(uri)
     try:
         entries = fs.ls(path.rstrip("/"), detail=True)
-    except (FileNotFoundError, PermissionError) as error:
+    except OSError as error:
         raise _named(uri, error) from error
     if not entries and not fs.exists(path):
         raise _named(uri, FileNotFoundError(path))
@@ -162,7 +169,7 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         try:
             with fs.open(path, "wb") as handle:
                 handle.write(data)
-        except (FileNotFoundError, PermissionError) as error:
+        except OSError as error:
             raise _named(uri, error) from error
         return
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
@@ -177,6 +184,17 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         if fs.exists(tmp):
             fs.rm(tmp)
         raise
+
+
+def write_many(files: dict[str, bytes]) -> None:
+    """Write many small objects; on object stores concurrently in one batched call (s3fs pipe)."""
+    remote = {uri: data for uri, data in files.items() if is_remote(uri)}
+    for uri, data in files.items():
+        if uri not in remote:
+            write_bytes_atomic(uri, data)
+    if remote:
+        fs, _ = filesystem_for(next(iter(remote)))
+        fs.pipe({filesystem_for(uri)[1]: data for uri, data in remote.items()})
 
 
 def shard_name(index: int, suffix: str = ".parquet", width: int = 5) -> str:

@@ -140,11 +140,16 @@ def save_checkpoint(directory: str, model: torch.nn.Module, optimizer, state: Tr
 
 
 def read_checkpoint(directory: str) -> dict:
-    path = os.path.join(directory, CHECKPOINT_FILE)
-    if not os.path.exists(path):
+    """The payload of an agejobs checkpoint directory (local path or URI, e.g. s3://)."""
+    import io
+
+    from agejobs import storage
+
+    uri = storage.join(directory, CHECKPOINT_FILE)
+    if not storage.exists(uri):
         raise FileNotFoundError(f"{directory} is not an agejobs checkpoint (no {CHECKPOINT_FILE})")
     # Optimizer and RNG state hold numpy/python objects: this file is ours, not an untrusted one.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=False)
 
 
 def restore_state(model: torch.nn.Module, optimizer) -> TrainState:
@@ -264,16 +269,13 @@ class TrainOutcome:
     metrics: dict
 
 
-def split_age_stats(manifest_uri: str, split: str) -> tuple[int, float]:
-    """(rows, mean age) of one split, from the manifest's label columns only."""
+def split_age_stats(source_uri: str, split: str) -> tuple[int, float]:
+    """(rows, mean age) of one split of a manifest or pack, from the label columns only."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    from agejobs import storage
+    from agejobs.data import label_table
 
-    fs, path = storage.filesystem_for(manifest_uri)
-    with fs.open(path, "rb") as handle:
-        table = pq.read_table(handle, columns=["split", "age"])
+    table = label_table(source_uri, ("split", "age"))
     ages = table.filter(pc.equal(table["split"], split))["age"]
     return len(ages), float(pc.mean(ages).as_py() or 0.0)
 
@@ -283,8 +285,11 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from agejobs import storage
     from agejobs.data import face_dataset
 
+    if not storage.is_remote(storage_path):
+        storage_path = os.path.abspath(storage_path.removeprefix("file://"))
     train_rows, train_age_mean = split_age_stats(manifest_uri, "train")
     train_ds = face_dataset(
         manifest_uri,
@@ -294,7 +299,11 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
         batch_size=cfg.data.decode_batch_size,
         concurrency=cfg.data.decode_concurrency,
         blocks=cfg.data.manifest_blocks,
+        face_crop=cfg.data.face_crop,
     ).select_columns(["image", "age", "gender"])
+    # One filesystem object for Ray Train's checkpoint uploads (same endpoint/retries as ours);
+    # pyarrow wants the path without its scheme when given a filesystem.
+    storage_filesystem, storage_inner_path = storage.arrow_filesystem(storage_path)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config_to_dict(cfg), "train_rows": train_rows, "train_age_mean": train_age_mean},
@@ -305,7 +314,8 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=storage_inner_path,
+            storage_filesystem=storage_filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
         ),
@@ -314,4 +324,4 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint: {result.error}")
-    return TrainOutcome(result.checkpoint.path, dict(result.metrics or {}))
+    return TrainOutcome(storage.uri_of(storage_path, result.checkpoint.path), dict(result.metrics or {}))

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from agejobs.data import IMAGENET_MEAN, DecodeFaces, decode_image, preprocess_encoded, to_model_input
+from agejobs.data import DecodeFaces, to_model_input
+from agejobs.images import IMAGENET_MEAN, decode_image, preprocess_encoded
 
 
 def jpeg_bytes(array: np.ndarray, **save_kwargs) -> bytes:

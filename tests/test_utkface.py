@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from agejobs.datasets.manifest import MANIFEST_SCHEMA, ERRORS_SCHEMA, read_manifest
+from agejobs.datasets.manifest import ERRORS_SCHEMA, MANIFEST_SCHEMA, SplitSpec, read_manifest
 from agejobs.datasets.utkface import import_utkface, parse_utkface_name, write_import
 
 # The shared data sits beside the checkout: <parent>/shared/data/utkface-part1.
@@ -102,7 +102,7 @@ def test_duplicate_image_id_rejected(tmp_path: Path):
 
 
 def test_import_is_deterministic(utkface_dir: Path):
-    first, second = import_utkface(str(utkface_dir), seed=3), import_utkface(str(utkface_dir), seed=3)
+    first, second = import_utkface(str(utkface_dir), SplitSpec(seed=3)), import_utkface(str(utkface_dir), SplitSpec(seed=3))
     assert first.table.equals(second.table)
     assert first.rejected == second.rejected
 
@@ -116,22 +116,22 @@ def many_images_dir(root: Path, count: int) -> Path:
 
 def test_split_fraction_and_modes(tmp_path: Path):
     src = many_images_dir(tmp_path / "many", 2000)
-    random_split = import_utkface(str(src), split="random", test_fraction=0.25, seed=0)
+    random_split = import_utkface(str(src), SplitSpec("random", 0.25, 0))
     counts = random_split.counts()
     assert counts["rows_ok"] == 2000
     assert abs(counts["test"] / 2000 - 0.25) < 0.04
     # Each image is its own subject, so the subject-exclusive split is the same assignment.
-    assert import_utkface(str(src), split="subject", test_fraction=0.25, seed=0).table.equals(random_split.table)
+    assert import_utkface(str(src), SplitSpec("subject", 0.25, 0)).table.equals(random_split.table)
     # A different seed picks a different test set.
-    other_seed = import_utkface(str(src), split="random", test_fraction=0.25, seed=1)
+    other_seed = import_utkface(str(src), SplitSpec("random", 0.25, 1))
     assert other_seed.table.column("split").to_pylist() != random_split.table.column("split").to_pylist()
 
 
 def test_bad_arguments_raise(tmp_path: Path):
     with pytest.raises(ValueError, match="unknown split protocol 'by_age'"):
-        import_utkface(str(tmp_path), split="by_age")
+        SplitSpec("by_age")
     with pytest.raises(ValueError, match="test_fraction"):
-        import_utkface(str(tmp_path), test_fraction=1.5)  # raised even with no images to split
+        SplitSpec(test_fraction=1.5)  # raised even with no images to split
 
 
 def test_write_import(utkface_dir: Path, tmp_path: Path):

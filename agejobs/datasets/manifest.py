@@ -80,7 +80,7 @@ def assign_split(image_id: str, subject_id: str, protocol: str, test_fraction: f
     return subject_split(image_id if protocol == "random" else subject_id, test_fraction, seed)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SplitSpec:
     protocol: str = "random"
     test_fraction: float = 0.2

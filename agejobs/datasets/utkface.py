@@ -78,9 +78,9 @@ def parse_utkface_name(file_name: str) -> dict:
     return {"age": age, "gender": gender, "race": race, "datetime": datetime_text}
 
 
-def import_utkface(src_dir: str, split: str = "random", test_fraction: float = 0.2, seed: int = 0) -> ImportResult:
+def import_utkface(src_dir: str, split: SplitSpec = SplitSpec()) -> ImportResult:
     """One manifest row per well-named, non-empty image in src_dir; everything else rejected."""
-    spec = SplitSpec(split, test_fraction, seed)  # bad arguments fail before any listing
+    spec = split
     if not storage.is_remote(src_dir):
         src_dir = os.path.abspath(src_dir.removeprefix("file://"))
     rows: list[dict] = []

@@ -1,0 +1,201 @@
+"""`agejobs pack`: a manifest of loose images -> sharded Parquet of image bytes + labels.
+
+With millions of small files, one GET per image dominates a streaming pass; a few hundred
+shards of ~64 MB are read in large sequential requests instead (bench/bench_streaming.py).
+
+    OUT/pack.json                     the plan: source, rows, rows_per_shard, num_shards (first)
+    OUT/shard-00000.errors.parquet    inputs of shard 0 that could not be packed (input, stage, reason)
+    OUT/shard-00000.parquet           image_id, path, image_bytes, age, gender, subject_id, split, dataset
+    OUT/shard-00000.parquet.done      {"rows_in", "rows_ok", "rows_rejected"}  (written LAST)
+
+A shard is finished when its done-marker exists, so a rerun (after a crash, or nightly on the
+same plan) skips finished shards and redoes only the rest. The plan is fixed by the manifest and
+the target size, and a rerun refuses a plan that no longer matches. Every manifest row ends in
+exactly one shard or one errors table: rows_in == rows_ok + rows_rejected per shard and in total.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agejobs import storage
+from agejobs.datasets.manifest import MANIFEST_SCHEMA, Rejected, errors_to_table, read_manifest
+from agejobs.images import ImageDecodeError, decode_image
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "pack.json"
+SHARD_SCHEMA = MANIFEST_SCHEMA.insert(2, pa.field("image_bytes", pa.binary()))
+STAGE_READ, STAGE_DECODE = "pack-read", "pack-decode"
+# Row groups of a few hundred faces keep a streaming reader's memory flat within a 64 MB shard.
+ROW_GROUP_ROWS = 256
+SIZE_SAMPLE_ROWS = 32
+
+
+@dataclass(frozen=True)
+class PackPlan:
+    source: str
+    rows: int
+    rows_per_shard: int
+    num_shards: int
+    target_shard_bytes: int
+    verify_images: bool
+
+    def shard_rows(self, index: int) -> range:
+        start = index * self.rows_per_shard
+        return range(start, min(start + self.rows_per_shard, self.rows))
+
+
+def shard_uri(out_uri: str, index: int) -> str:
+    return storage.join(out_uri, storage.shard_name(index))
+
+
+def errors_uri(out_uri: str, index: int) -> str:
+    return storage.join(out_uri, storage.shard_name(index, ".errors.parquet"))
+
+
+def is_pack(uri: str) -> bool:
+    return storage.exists(storage.join(uri, PLAN_FILE))
+
+
+def read_plan(out_uri: str) -> PackPlan:
+    return PackPlan(**json.loads(storage.read_bytes(storage.join(out_uri, PLAN_FILE))))
+
+
+def _mean_file_bytes(paths: list[str]) -> float:
+    """Mean encoded size from an evenly spaced sample (one HEAD each, not one per image)."""
+    step = max(1, len(paths) // SIZE_SAMPLE_ROWS)
+    sizes = []
+    for path in paths[::step][:SIZE_SAMPLE_ROWS]:
+        fs, inner = storage.filesystem_for(path)
+        try:
+            sizes.append(fs.size(inner))
+        except (FileNotFoundError, PermissionError, OSError):
+            continue  # a missing file is rejected when its shard is packed
+    return sum(sizes) / len(sizes) if sizes else 1.0
+
+
+def make_plan(manifest: pa.Table, source: str, target_shard_bytes: int, verify_images: bool) -> PackPlan:
+    rows = manifest.num_rows
+    rows_per_shard = max(1, int(target_shard_bytes // _mean_file_bytes(manifest.column("path").to_pylist())))
+    num_shards = max(1, math.ceil(rows / rows_per_shard))
+    return PackPlan(source, rows, rows_per_shard, num_shards, target_shard_bytes, verify_images)
+
+
+def shard_slice(manifest: pa.Table, plan: PackPlan, index: int) -> pa.Table:
+    rows = plan.shard_rows(index)
+    return manifest.slice(rows.start, len(rows))
+
+
+def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -> dict:
+    """Read, (verify) and write one shard: errors table, shard, then its done-marker."""
+    rows = rows_table.to_pylist()
+    packed, rejected = [], []
+    for row in rows:
+        try:
+            data = storage.read_bytes(row["path"])
+        except OSError as error:
+            rejected.append(Rejected(row["path"], STAGE_READ, str(error)))
+            continue
+        if plan.verify_images:
+            try:
+                decode_image(data, row["path"])
+            except ImageDecodeError as error:
+                rejected.append(Rejected(row["path"], STAGE_DECODE, str(error)))
+                continue
+        packed.append({**row, "image_bytes": data})
+    counts = {"rows_in": len(rows), "rows_ok": len(packed), "rows_rejected": len(rejected)}
+    assert counts["rows_in"] == counts["rows_ok"] + counts["rows_rejected"]
+
+    buffer = pa.BufferOutputStream()
+    pq.write_table(errors_to_table(rejected), buffer)
+    storage.write_bytes_atomic(errors_uri(out_uri, index), buffer.getvalue().to_pybytes())
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(packed, schema=SHARD_SCHEMA), buffer, row_group_size=ROW_GROUP_ROWS)
+    storage.write_bytes_atomic(shard_uri(out_uri, index), buffer.getvalue().to_pybytes())
+    storage.mark_done(shard_uri(out_uri, index), json.dumps(counts).encode())
+    return counts
+
+
+def finished_counts(out_uri: str, index: int) -> dict | None:
+    marker = storage.done_marker(shard_uri(out_uri, index))
+    return json.loads(storage.read_bytes(marker)) if storage.exists(marker) else None
+
+
+def pack(
+    manifest_uri: str,
+    out_uri: str,
+    target_shard_bytes: int = 64 * 2**20,
+    verify_images: bool = True,
+    runner: str = "ray",
+    max_in_flight: int = 8,
+) -> dict:
+    """Pack every unfinished shard (Ray tasks with `runner="ray"`, in this process with
+    "inline"); returns totals and how many shards were skipped as already done."""
+    manifest = read_manifest(manifest_uri)
+    plan = make_plan(manifest, manifest_uri, target_shard_bytes, verify_images)
+    plan_uri = storage.join(out_uri, PLAN_FILE)
+    if storage.exists(plan_uri):
+        existing = read_plan(out_uri)
+        if (existing.source, existing.rows, existing.target_shard_bytes) != (plan.source, plan.rows, plan.target_shard_bytes):
+            raise ValueError(
+                f"{out_uri} holds a pack of {existing.source} ({existing.rows} rows, target "
+                f"{existing.target_shard_bytes} B); refusing to mix it with {manifest_uri} ({plan.rows} rows, "
+                f"target {target_shard_bytes} B). Use a new output prefix."
+            )
+        plan = existing  # same inputs: keep the recorded sharding so finished shards stay valid
+    else:
+        storage.write_bytes_atomic(plan_uri, json.dumps(asdict(plan), indent=1).encode())
+
+    results = {index: finished_counts(out_uri, index) for index in range(plan.num_shards)}
+    todo = [index for index, counts in results.items() if counts is None]
+    skipped = plan.num_shards - len(todo)
+    log.info("pack %s -> %s: %d shards, %d already done", manifest_uri, out_uri, plan.num_shards, skipped)
+    if runner == "inline":
+        for index in todo:
+            results[index] = pack_shard(shard_slice(manifest, plan, index), out_uri, plan, index)
+    elif runner == "ray":
+        import ray
+
+        remote_pack = ray.remote(num_cpus=1, max_retries=3)(pack_shard)
+        pending: dict = {}
+        queue = list(todo)
+        while queue or pending:
+            while queue and len(pending) < max_in_flight:
+                index = queue.pop(0)
+                pending[remote_pack.remote(shard_slice(manifest, plan, index), out_uri, plan, index)] = index
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ready[0])
+            results[index] = ray.get(ready[0])
+            log.info("shard %d/%d done: %s", index + 1, plan.num_shards, results[index])
+    else:
+        raise ValueError(f"runner must be 'ray' or 'inline', got {runner!r}")
+    totals = {key: sum(counts[key] for counts in results.values()) for key in ("rows_in", "rows_ok", "rows_rejected")}
+    return {**totals, "shards": plan.num_shards, "shards_skipped": skipped}
+
+
+def done_shards(pack_uri: str) -> list[str]:
+    """URIs of the shards of a COMPLETE pack; an unfinished pack is an error naming it."""
+    plan = read_plan(pack_uri)
+    missing = [index for index in range(plan.num_shards) if not storage.is_done(shard_uri(pack_uri, index))]
+    if missing:
+        raise ValueError(
+            f"{pack_uri}: pack is unfinished ({len(missing)} of {plan.num_shards} shards not done, "
+            f"first {storage.shard_name(missing[0])}); rerun `agejobs pack` to finish it"
+        )
+    return [shard_uri(pack_uri, index) for index in range(plan.num_shards)]
+
+
+def read_errors(pack_uri: str) -> pa.Table:
+    plan = read_plan(pack_uri)
+    tables = []
+    for index in range(plan.num_shards):
+        fs, path = storage.filesystem_for(errors_uri(pack_uri, index))
+        tables.append(pq.read_table(path, filesystem=fs))
+    return pa.concat_tables(tables)
