@@ -60,7 +60,18 @@ def main_ingest(args) -> int:
     if not storage.exists(args.src):
         raise ValueError(f"source {args.src} does not exist")
     result = import_layout(args.layout, args.src, SplitSpec(args.split, args.test_fraction, args.seed))
-    _print_json({"layout": args.layout, **write_import(result, args.out)})
+    if args.verify:
+        from agejobs.ray_runtime import quiet_ray_data, ray_session
+        from agejobs.verify import verify_import
+
+        with ray_session(num_cpus=args.num_cpus):
+            quiet_ray_data()
+            result = verify_import(result, "ray", concurrency=max(1, args.num_cpus or os.cpu_count() or 1))
+    counts = write_import(result, args.out)
+    reasons: dict[str, int] = {}
+    for rejected in result.rejected:
+        reasons[rejected.stage] = reasons.get(rejected.stage, 0) + 1
+    _print_json({"layout": args.layout, **counts, "rejected_by_stage": reasons})
     return 0
 
 
@@ -222,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--split", default="random", choices=["random", "subject"])
     ingest.add_argument("--test-fraction", type=float, default=0.2)
     ingest.add_argument("--seed", type=int, default=0)
+    ingest.add_argument("--verify", action="store_true", help="decode every image once (Ray); failures go to errors.parquet")
+    ingest.add_argument("--num-cpus", type=int, default=0, help="for a local Ray instance; 0 = all cores")
     ingest.set_defaults(handler=main_ingest)
 
     pack_command = commands.add_parser("pack", help="manifest of loose images -> Parquet shards of image bytes")

@@ -32,6 +32,8 @@ class DatasetConfig:
     test_fraction: float = 0.2
     split_seed: int = 0
     split_protocol: str = "random"  # "random" (the paper) or "subject" (subject-exclusive)
+    # Decode every imported image once; undecodable ones go to errors.parquet, not to training.
+    verify_images: bool = True
     # Pack the manifest into Parquet shards of image bytes (`agejobs pack`) and train/evaluate
     # from the shards: large sequential reads instead of one GET per image.
     pack: bool = False

@@ -98,11 +98,16 @@ def cumulative_scores(predicted: ArrayLike, true: ArrayLike, max_threshold: int 
 
 
 def gender_accuracy(predicted: ArrayLike, true: ArrayLike) -> float:
-    """Fraction (0..1) of samples whose predicted gender label equals the true label."""
+    """Fraction (0..1) of gender-labelled samples whose predicted label equals the true one.
+
+    True labels < 0 ("not labelled", see datasets/manifest.py) are left out; with no labelled
+    sample at all the accuracy is NaN (reported as null), not a misleading 0 or 1.
+    """
     pred = _as_label_vector(predicted, "predicted gender")
     truth = _as_label_vector(true, "true gender")
     _check_same_length(pred, truth, "predicted gender", "true gender")
-    return float(np.mean(pred == truth))
+    labelled = truth >= 0 if np.issubdtype(truth.dtype, np.number) else np.ones(len(truth), dtype=bool)
+    return float(np.mean(pred[labelled] == truth[labelled])) if labelled.any() else float("nan")
 
 
 def mae_by_age_bin(predicted: ArrayLike, true: ArrayLike, bin_width: int = 10) -> list[dict[str, Any]]:
@@ -155,6 +160,7 @@ def method_report(
     accuracy = None
     if predicted_gender is not None and true_gender is not None:
         accuracy = gender_accuracy(predicted_gender, true_gender)
+        accuracy = None if math.isnan(accuracy) else accuracy  # no gender-labelled sample
         n_gender = len(np.asarray(true_gender))
         if n_gender != len(truth):
             raise ValueError(f"true_gender has {n_gender} values but true_age has {len(truth)}")

@@ -47,6 +47,10 @@ def prepare_dataset(cfg: Config, workdir: str) -> tuple[str, dict]:
             raise ValueError("dataset.source: the UTKFace directory is required for dataset.kind=utkface")
         split = SplitSpec(cfg.dataset.split_protocol, cfg.dataset.test_fraction, cfg.dataset.split_seed)
         result = import_utkface(cfg.dataset.source, split)
+        if cfg.dataset.verify_images:
+            from agejobs.verify import verify_import
+
+            result = verify_import(result, "ray", concurrency=cfg.data.decode_concurrency)
         return storage.join(data_dir, "manifest.parquet"), write_import(result, data_dir)
     if not cfg.dataset.source:
         raise ValueError("dataset.source: a manifest path is required for dataset.kind=manifest")
@@ -95,7 +99,8 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
     else:
         reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender_from_age, queries["gender"]))
     # The paper's Table 2: how well the AGE embedding alone separates gender.
-    reports[0]["gender_accuracy_from_age_embedding"] = evaluate.gender_accuracy(gender_from_age, queries["gender"])
+    from_age = evaluate.gender_accuracy(gender_from_age, queries["gender"])
+    reports[0]["gender_accuracy_from_age_embedding"] = None if np.isnan(from_age) else from_age
     return reports
 
 
@@ -122,12 +127,17 @@ def ridge_pixels_report(manifest: str, size: int = 32, face_crop: bool = False) 
     train, test = load_pixels(manifest, "train", size, face_crop), load_pixels(manifest, "test", size, face_crop)
     alphas = np.logspace(-1, 4, 11)
     age_model = RidgeCV(alphas=alphas).fit(train["pixels"], train["age"])
-    gender_model = RidgeClassifierCV(alphas=alphas).fit(train["pixels"], train["gender"])
+    labelled = train["gender"] >= 0  # unlabelled faces (-1) are not a third gender
+    if len(np.unique(train["gender"][labelled])) == 2:
+        gender_model = RidgeClassifierCV(alphas=alphas).fit(train["pixels"][labelled], train["gender"][labelled])
+        predicted_gender = gender_model.predict(test["pixels"])
+    else:
+        predicted_gender = np.full(len(test["age"]), -1)
     report = evaluate.method_report(
         "ridge-pixels",
         np.clip(age_model.predict(test["pixels"]), 0, None),
         test["age"],
-        gender_model.predict(test["pixels"]),
+        predicted_gender,
         test["gender"],
     )
     report["alpha"] = float(age_model.alpha_)
@@ -139,7 +149,8 @@ def mean_report(manifest: str) -> dict:
 
     table = label_table(manifest, ("age", "gender", "split")).to_pandas()
     train, test = table[table["split"] == "train"], table[table["split"] == "test"]
-    majority_gender = int(train["gender"].mode().iloc[0])
+    labelled = train["gender"][train["gender"] >= 0]
+    majority_gender = int(labelled.mode().iloc[0]) if len(labelled) else -1
     return evaluate.method_report(
         "mean", np.full(len(test), train["age"].mean()), test["age"], np.full(len(test), majority_gender), test["gender"]
     )

@@ -129,9 +129,17 @@ def mean_neighbour_age(neighbour_indices: np.ndarray, gallery_ages: np.ndarray) 
 
 
 def majority_neighbour_gender(neighbour_indices: np.ndarray, gallery_genders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted gender, vote share of that gender). A tied vote goes to the nearest neighbour."""
+    """(predicted gender, vote share of that gender) among gender-labelled neighbours.
+
+    A tied vote goes to the nearest labelled neighbour; with no labelled neighbour the
+    prediction is -1 (unknown) with share 0.
+    """
     votes = np.asarray(gallery_genders)[neighbour_indices]
-    female_share = (votes == 1).mean(axis=1)
-    predicted = np.where(female_share > 0.5, 1, np.where(female_share < 0.5, 0, votes[:, 0])).astype(np.int8)
-    share = np.where(predicted == 1, female_share, 1.0 - female_share)
+    labelled = votes >= 0
+    voters = labelled.sum(axis=1)
+    female_share = np.divide((votes == 1).sum(axis=1), voters, out=np.zeros(len(votes)), where=voters > 0)
+    nearest_labelled = votes[np.arange(len(votes)), labelled.argmax(axis=1)]
+    predicted = np.where(female_share > 0.5, 1, np.where(female_share < 0.5, 0, nearest_labelled))
+    predicted = np.where(voters > 0, predicted, -1).astype(np.int8)
+    share = np.where(predicted == 1, female_share, np.where(predicted == 0, 1.0 - female_share, 0.0))
     return predicted, share

@@ -14,6 +14,10 @@ ages were considered to be in the same class". Both readings agree on integer ag
 are |a_i - a_j| <= tolerance with tolerance = margin - 1 for the "less than" wording: the paper's
 setting is tolerance 3 (gaps 0..3 positive, a gap of exactly 4 negative). A gap exactly at the
 tolerance is positive. The gender task is the same loss with tolerance 0 on gender labels.
+
+Unlabelled faces. A label < 0 means "not labelled" (datasets without gender labels import gender
+as -1). Pairs touching such a face contribute nothing; the mean keeps the count of all ordered
+pairs as its denominator so that it is the same number on every worker without a collective.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ def revised_contrastive_pair_sum(
     distances = pairwise_l1_distance(row_embeddings, col_embeddings)
     positive = tolerance_pair_targets(row_labels, col_labels, tolerance)
     valid = off_diagonal_mask(len(row_embeddings), len(col_embeddings), row_offset, distances.device)
+    valid &= (row_labels.reshape(-1, 1) >= 0) & (col_labels.reshape(1, -1) >= 0)  # unlabelled faces
     terms = revised_contrastive_terms(distances, positive, q)
     pair_sum = torch.where(valid, terms, torch.zeros_like(terms)).sum()
     positives = (positive & valid).sum()
@@ -110,4 +115,9 @@ def dex_expectation(age_logits: torch.Tensor) -> torch.Tensor:
 
 
 def gender_classification_loss(gender_logits: torch.Tensor, gender: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(gender_logits, gender.long())
+    """Cross-entropy over labelled faces; unlabelled ones (-1) are ignored, an all-unlabelled
+    batch gives 0 (not NaN)."""
+    labelled = gender >= 0
+    if not bool(labelled.any()):
+        return gender_logits.sum() * 0.0
+    return F.cross_entropy(gender_logits, gender.long(), ignore_index=-1)

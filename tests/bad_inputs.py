@@ -80,7 +80,7 @@ def write_bad_input_corpus(directory: pathlib.Path) -> dict[str, tuple[str, str]
         "good.jpg": ("ok", "control: a plain RGB JPEG", good_jpeg),
         "corrupt.jpg": ("error", "cannot decode image", good_jpeg[:20] + garbage),
         "truncated.jpg": ("error", "truncated image", noisy_jpeg[: len(noisy_jpeg) * 6 // 10]),
-        "truncated.png": ("error", "truncated image", noisy_png[: len(noisy_png) * 6 // 10]),
+        "truncated_png.png": ("error", "truncated image", noisy_png[: len(noisy_png) * 6 // 10]),
         "empty.jpg": ("error", "empty file", b""),
         "notes.jpg": ("error", "cannot decode image (unrecognised format", b"age,gender\n31,0\n"),
         "error_page.jpg": (

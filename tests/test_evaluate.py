@@ -207,3 +207,10 @@ def test_plot_embedding_map_subsample_is_deterministic(tmp_path):
         images.append(path.read_bytes())
     assert images[0] == images[1]
     assert images[0] != images[2]
+
+
+def test_gender_accuracy_leaves_out_unlabelled_faces():
+    from agejobs.evaluate import gender_accuracy, method_report
+
+    assert gender_accuracy([0, 1, 1, 0], [0, -1, 1, 1]) == pytest.approx(2 / 3)
+    assert method_report("m", [1, 2], [1, 2], [0, 1], [-1, -1])["gender_accuracy"] is None

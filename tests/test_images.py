@@ -82,7 +82,7 @@ def test_corpus_case_decodes_upright_rgb_or_names_the_reason(name):
 
 def test_truncated_files_stay_errors_when_pil_is_told_to_fill_them(monkeypatch):
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as some library might
-    for name in ("truncated.jpg", "truncated.png"):
+    for name in ("truncated.jpg", "truncated_png.png"):
         with pytest.raises(ImageDecodeError, match="truncated image"):
             decode_image((CORPUS_DIR / name).read_bytes(), name)
 

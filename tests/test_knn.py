@@ -57,3 +57,14 @@ def test_mean_age_and_gender_vote():
     predicted, share = gallery.majority_neighbour_gender(np.array([[0, 2, 1]]), genders)
     assert predicted.tolist() == [1]
     np.testing.assert_allclose(share, [2 / 3])
+
+
+def test_gender_vote_skips_unlabelled_neighbours():
+    from agejobs.gallery import majority_neighbour_gender
+
+    genders = np.array([-1, 1, 0, -1, -1])
+    neighbours = np.array([[0, 1, 2, 3], [0, 1, 1, 2], [3, 4, 0, 3]])
+    predicted, share = majority_neighbour_gender(neighbours, genders)
+    # row 0: one female, one male among labelled -> tie goes to the nearest labelled (index 1, female)
+    assert predicted.tolist() == [1, 1, -1]
+    assert share.tolist() == [0.5, 2 / 3, 0.0]

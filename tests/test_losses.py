@@ -103,3 +103,25 @@ def test_dex_expectation_and_baseline_losses():
     logits[0, 2] = logits[0, 4] = 0.0  # half the mass on age 2, half on age 4
     assert losses.dex_expectation(logits).item() == pytest.approx(3.0)
     assert losses.l1_regression_loss(torch.tensor([[10.0], [20.0]]), torch.tensor([12, 20])).item() == pytest.approx(1.0)
+
+
+def test_unlabelled_faces_take_no_part_in_pairs():
+    torch.manual_seed(0)
+    embeddings = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    genders = torch.tensor([0, 1, -1, 0, -1, 1])
+    pair_sum, positives = losses.revised_contrastive_pair_sum(embeddings, genders, embeddings, genders, 0, 100.0)
+    labelled = genders >= 0
+    sub = embeddings[labelled]
+    expected_sum, expected_positives = losses.revised_contrastive_pair_sum(sub, genders[labelled], sub, genders[labelled], 0, 100.0)
+    assert torch.allclose(pair_sum, expected_sum) and positives == expected_positives == 4
+    pair_sum.backward()
+    assert torch.all(embeddings.grad[~labelled] == 0)  # an unlabelled face gets no gradient
+
+
+def test_gender_classification_ignores_unlabelled():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]])
+    assert torch.allclose(
+        losses.gender_classification_loss(logits, torch.tensor([0, 1, -1])),
+        losses.gender_classification_loss(logits[:2], torch.tensor([0, 1])),
+    )
+    assert losses.gender_classification_loss(logits, torch.tensor([-1, -1, -1])).item() == 0.0
