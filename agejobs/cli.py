@@ -54,7 +54,7 @@ def main_synth(args) -> int:
 
 def main_ingest(args) -> int:
     from agejobs import storage
-    from agejobs.datasets.manifest import SplitSpec, write_import
+    from agejobs.datasets.manifest import SplitSpec, rejected_by_stage, write_import
     from agejobs.datasets.registry import import_layout
 
     if not storage.exists(args.src):
@@ -68,10 +68,7 @@ def main_ingest(args) -> int:
             quiet_ray_data()
             result = verify_import(result, "ray", concurrency=max(1, args.num_cpus or os.cpu_count() or 1))
     counts = write_import(result, args.out)
-    reasons: dict[str, int] = {}
-    for rejected in result.rejected:
-        reasons[rejected.stage] = reasons.get(rejected.stage, 0) + 1
-    _print_json({"layout": args.layout, **counts, "rejected_by_stage": reasons})
+    _print_json({"layout": args.layout, **counts, "rejected_by_stage": rejected_by_stage(result.rejected)})
     return 0
 
 
@@ -261,9 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
     from agejobs.storage import StorageError  # light: fsspec only
 
     args = build_parser().parse_args(argv)
+    # Our own progress and counts (pack shards, verify, rejected rows) at INFO; libraries stay quiet.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.getLogger("agejobs").setLevel(logging.INFO)
     try:
         return args.handler(args)
     except (ValueError, StorageError) as error:  # config, input, weights, storage: a message, not a traceback

@@ -50,6 +50,8 @@ class DataConfig:
     # Ray Data tasks decoding images in parallel with training.
     decode_concurrency: int = 1
     decode_batch_size: int = 64
+    # Parquet read tasks in flight (manifest or pack shards): bounds memory, whatever the size.
+    read_concurrency: int = 2
     # Streaming shuffle: manifest blocks in random order each epoch + a local row buffer per worker.
     manifest_blocks: int = 16
     shuffle_buffer_size: int = 512

@@ -65,6 +65,21 @@ class DecodeFaces:
         return out
 
 
+# Rows per streamed block: blocks must not grow with the dataset, or neither does memory stay flat.
+ROWS_PER_BLOCK = 512
+
+
+def source_rows(source_uri: str) -> int:
+    """Rows of a manifest (from its Parquet footer) or a pack (from its plan), without reading data."""
+    import pyarrow.parquet as pq
+
+    if pack.is_pack(source_uri):
+        return pack.read_plan(source_uri).rows
+    fs, path = storage.filesystem_for(source_uri)
+    with fs.open(path, "rb") as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
+
+
 def label_table(source_uri: str, columns: tuple[str, ...] = ("image_id", "age", "gender", "split")):
     """Label columns of every face of a manifest or a pack (no image bytes are read)."""
     import pyarrow as pa
@@ -78,28 +93,68 @@ def label_table(source_uri: str, columns: tuple[str, ...] = ("image_id", "age", 
     return pa.concat_tables(tables)
 
 
-def manifest_dataset(source_uri: str, split: str | None = None, shuffle: bool = False, blocks: int = 16):
+def read_row_groups(batch: dict, columns: list[str]):
+    """Ray Data stage (a task): {"shard", "row_group"} descriptors -> the rows of those row groups.
+
+    One row group (256 faces, `pack.ROW_GROUP_ROWS`) per call: a read task holds one row group
+    at a time, whatever the size of the shard or the archive.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = []
+    for shard, row_group in zip(batch["shard"], batch["row_group"]):
+        fs, path = storage.filesystem_for(str(shard))
+        with fs.open(path, "rb") as handle:
+            tables.append(pq.ParquetFile(handle).read_row_group(int(row_group), columns=columns))
+    return pa.concat_tables(tables)
+
+
+def pack_row_groups(pack_uri: str) -> list[dict]:
+    """One descriptor per row group of every shard of a finished pack (reads only the footers)."""
+    import pyarrow.parquet as pq
+
+    descriptors = []
+    for shard in pack.done_shards(pack_uri):
+        fs, path = storage.filesystem_for(shard)
+        with fs.open(path, "rb") as handle:
+            groups = pq.ParquetFile(handle).metadata.num_row_groups
+        descriptors += [{"shard": shard, "row_group": index} for index in range(groups)]
+    return descriptors
+
+
+def manifest_dataset(
+    source_uri: str, split: str | None = None, shuffle: bool = False, blocks: int = 16, read_concurrency: int = 2
+):
     """Rows of one split of a manifest or a pack as a Ray Dataset (not yet decoded).
 
-    Shuffling is streaming-friendly: the rows are cut into `blocks` blocks (for a pack, at
-    least one per shard) whose order is randomized every epoch, and the trainer's local shuffle
-    buffer mixes rows across them. A full `random_shuffle` is an all-to-all barrier that stalls
-    every epoch's first batch.
+    A pack is read one row group per block (`read_row_groups`), a manifest in blocks of at most
+    ~ROWS_PER_BLOCK rows: block sizes do not grow with the archive, so neither does memory
+    (bench/bench_streaming.py), and at most `read_concurrency` read tasks run at once.
+    Shuffling is streaming-friendly: block order is randomized every epoch and the trainer's
+    local shuffle buffer mixes rows across blocks. A full `random_shuffle` is an all-to-all
+    barrier that stalls every epoch's first batch.
     """
     import ray
     from ray.data.expressions import col
 
     columns = ["image_id", "path", "age", "gender", "split"]
     if pack.is_pack(source_uri):
-        shards = pack.done_shards(source_uri)
-        filesystem, _ = storage.arrow_filesystem(shards[0])
-        paths = [storage.filesystem_for(uri)[1] for uri in shards]
-        ds = ray.data.read_parquet(paths, filesystem=filesystem, override_num_blocks=max(blocks, len(paths)))
         columns.append("image_bytes")
+        descriptors = pack_row_groups(source_uri)
+        ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors)).map_batches(
+            read_row_groups,
+            fn_kwargs={"columns": columns},
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(size=read_concurrency),
+            num_cpus=0.25,
+        )
     else:
         filesystem, path = storage.arrow_filesystem(source_uri)
-        ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks)
-    ds = ds.select_columns(columns)
+        blocks = max(blocks, -(-source_rows(source_uri) // ROWS_PER_BLOCK))
+        ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, concurrency=read_concurrency)
+        ds = ds.select_columns(columns)
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
     if shuffle:
@@ -117,12 +172,13 @@ def face_dataset(
     keep_errors: bool = False,
     blocks: int = 16,
     face_crop: bool = False,
+    read_concurrency: int = 2,
 ):
     """Decoded faces of one split, streaming. Errored rows are dropped unless `keep_errors`."""
     from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
-    ds = manifest_dataset(manifest_uri, split, shuffle=train, blocks=blocks)
+    ds = manifest_dataset(manifest_uri, split, shuffle=train, blocks=blocks, read_concurrency=read_concurrency)
     ds = ds.map_batches(
         DecodeFaces,
         fn_constructor_kwargs={

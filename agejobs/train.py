@@ -300,6 +300,7 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
         concurrency=cfg.data.decode_concurrency,
         blocks=cfg.data.manifest_blocks,
         face_crop=cfg.data.face_crop,
+        read_concurrency=cfg.data.read_concurrency,
     ).select_columns(["image", "age", "gender"])
     # One filesystem object for Ray Train's checkpoint uploads (same endpoint/retries as ours);
     # pyarrow wants the path without its scheme when given a filesystem.

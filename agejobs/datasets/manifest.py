@@ -18,14 +18,18 @@ rows_in == rows_ok + rows_rejected always holds.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import storage
+
+log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -124,7 +128,13 @@ def write_import(result: ImportResult, out_dir: str) -> dict:
     metadata = dict(result.table.schema.metadata or {})
     metadata[SPLIT_METADATA_KEY] = json.dumps(split).encode()
     write_table_atomic(result.table.replace_schema_metadata(metadata), storage.join(out_dir, "manifest.parquet"))
-    return result.counts()
+    counts = result.counts()
+    log.info("import -> %s: %s; rejected by stage %s", out_dir, counts, rejected_by_stage(result.rejected))
+    return counts
+
+
+def rejected_by_stage(rejected: list[Rejected]) -> dict[str, int]:
+    return dict(collections.Counter(r.stage for r in rejected))
 
 
 def split_protocol_of(manifest_uri: str) -> dict:
