@@ -79,6 +79,8 @@ class LossConfig:
     gender_weight: float = 1.0
     # "global": pairs span the whole batch across workers; "local": each worker's own rows only.
     pairs: str = "global"
+    # Rows of the pair loss computed at a time (0 = all at once): peak memory O(chunk_rows x B).
+    chunk_rows: int = 256
 
 
 @dataclass
@@ -108,6 +110,9 @@ class TrainConfig:
     storage_path: str = "runs"
     keep_checkpoints: int = 2
     max_failures: int = 0
+    # Fault drill: on the first attempt only, the last worker dies (os._exit) at this step, so
+    # Ray Train must restart the group from the latest checkpoint. 0 = off.
+    fail_at_step: int = 0
     log_every_steps: int = 20
     max_age: int = 120  # DEX classes 0..max_age
 

@@ -91,3 +91,12 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
 def all_reduce_max(value: torch.Tensor) -> torch.Tensor:
     """Max of a (detached) tensor over workers: one shared clock for schedules and budgets."""
     return _all_reduce(value, dist.ReduceOp.MAX)
+
+
+def gather_objects(value) -> list:
+    """Every worker's picklable `value`, in rank order (a one-element list without a group)."""
+    if not is_distributed():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values

@@ -57,20 +57,16 @@ def off_diagonal_mask(num_rows: int, num_cols: int, row_offset: int, device=None
     return rows != cols
 
 
-def revised_contrastive_pair_sum(
+def _pair_sum_dense(
     row_embeddings: torch.Tensor,
     row_labels: torch.Tensor,
     col_embeddings: torch.Tensor,
     col_labels: torch.Tensor,
     tolerance: float,
-    q: float = 100.0,
-    row_offset: int = 0,
+    q: float,
+    row_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of eq. 2 over pairs (row i, col j), j != row_offset + i; also the positive-pair count.
-
-    The building block for both the single-process loss (rows = cols) and the distributed one
-    (rows = this worker's slice, cols = the gathered global batch).
-    """
+    """The pair sum with the whole (b, B) distance matrix at once (autograd through cdist)."""
     distances = pairwise_l1_distance(row_embeddings, col_embeddings)
     positive = tolerance_pair_targets(row_labels, col_labels, tolerance)
     valid = off_diagonal_mask(len(row_embeddings), len(col_embeddings), row_offset, distances.device)
@@ -81,19 +77,118 @@ def revised_contrastive_pair_sum(
     return pair_sum, positives
 
 
+def _chunk_weights(
+    distances, row_labels, col_labels, tolerance: float, q: float, diagonal_offset: int, slopes_only: bool = False
+):
+    """(terms or, with slopes_only, d terms / d distance; positive) of one (c, B) block whose row i is column
+    diagonal_offset + i. Self-pairs and pairs touching an unlabelled face are zeroed; the
+    self-pairs by index (c entries), not with a (c, B) mask."""
+    positive = tolerance_pair_targets(row_labels, col_labels, tolerance)
+    repel = (2.0 * q) * torch.exp(-NEGATIVE_DECAY / q * distances)
+    if slopes_only:  # backward: dL/dD only
+        values = torch.where(positive, (4.0 / q) * distances, (-NEGATIVE_DECAY / q) * repel)
+    else:  # forward: the terms only
+        values = torch.where(positive, (2.0 / q) * distances.square(), repel)
+    if bool((row_labels < 0).any()) or bool((col_labels < 0).any()):
+        labelled = (row_labels.reshape(-1, 1) >= 0) & (col_labels.reshape(1, -1) >= 0)
+        values = values * labelled
+        positive = positive & labelled
+    self_rows = torch.arange(len(distances), device=distances.device)
+    self_cols = self_rows + diagonal_offset
+    inside = (self_cols >= 0) & (self_cols < distances.shape[1])
+    values[self_rows[inside], self_cols[inside]] = 0.0
+    positive[self_rows[inside], self_cols[inside]] = False
+    return values, positive
+
+
+class _ChunkedPairSum(torch.autograd.Function):
+    """The pair sum over row chunks with an analytic backward.
+
+    Forward keeps nothing but the inputs; backward recomputes each (chunk_rows, B) block of
+    distances, forms dL/dD from eq. 4 (L+' = 4D/Q, L-' = -2.77/Q * L-) and hands it to cdist's
+    own p=1 backward kernel. Peak memory is O(chunk_rows * B) beyond inputs and gradients; no
+    (b, B, D) tensor exists in either pass. When rows and columns are the same batch (one
+    process), dL/dD is symmetric and one kernel call with 2 * dL/dD gives the whole gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, cols, row_labels, col_labels, tolerance, q, row_offset, chunk_rows, symmetric):
+        total = torch.zeros((), dtype=rows.dtype, device=rows.device)
+        positives = torch.zeros((), dtype=torch.long, device=rows.device)
+        for start in range(0, len(rows), chunk_rows):
+            stop = min(start + chunk_rows, len(rows))
+            distances = pairwise_l1_distance(rows[start:stop], cols)
+            terms, positive = _chunk_weights(distances, row_labels[start:stop], col_labels, tolerance, q, row_offset + start)
+            total += terms.sum()
+            positives += positive.sum()
+        ctx.save_for_backward(rows, cols, row_labels, col_labels)
+        ctx.settings = (tolerance, q, row_offset, chunk_rows, symmetric)
+        ctx.mark_non_differentiable(positives)
+        return total, positives
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total, _grad_positives):
+        rows, cols, row_labels, col_labels = ctx.saved_tensors
+        tolerance, q, row_offset, chunk_rows, symmetric = ctx.settings
+        grad_rows = torch.zeros_like(rows)
+        grad_cols = None if symmetric else torch.zeros_like(cols)
+        for start in range(0, len(rows), chunk_rows):
+            stop = min(start + chunk_rows, len(rows))
+            chunk = rows[start:stop]
+            distances = pairwise_l1_distance(chunk, cols)
+            slopes, _ = _chunk_weights(
+                distances, row_labels[start:stop], col_labels, tolerance, q, row_offset + start, slopes_only=True
+            )
+            slopes = slopes * (2.0 * grad_total if symmetric else grad_total)
+            grad_rows[start:stop] = torch.ops.aten._cdist_backward(slopes.contiguous(), chunk, cols, 1.0, distances)
+            if not symmetric:
+                grad_cols += torch.ops.aten._cdist_backward(
+                    slopes.T.contiguous(), cols, chunk.contiguous(), 1.0, distances.T.contiguous()
+                )
+        return grad_rows, grad_cols, None, None, None, None, None, None, None
+
+
+def revised_contrastive_pair_sum(
+    row_embeddings: torch.Tensor,
+    row_labels: torch.Tensor,
+    col_embeddings: torch.Tensor,
+    col_labels: torch.Tensor,
+    tolerance: float,
+    q: float = 100.0,
+    row_offset: int = 0,
+    chunk_rows: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of eq. 2 over pairs (row i, col j), j != row_offset + i; also the positive-pair count.
+
+    The building block for both the single-process loss (rows = cols) and the distributed one
+    (rows = this worker's slice, cols = the gathered global batch). `chunk_rows` > 0 computes it
+    `chunk_rows` rows at a time with an analytic backward (`_ChunkedPairSum`): the same value and
+    gradients as the dense autograd version (chunk_rows=0, the reference), peak memory
+    O(chunk_rows * B) instead of several (b, B) matrices.
+    """
+    if chunk_rows:
+        # One tensor as rows and columns (the single-process batch): a symmetric dL/dD.
+        symmetric = row_embeddings is col_embeddings and row_labels is col_labels and row_offset == 0
+        return _ChunkedPairSum.apply(
+            row_embeddings, col_embeddings, row_labels, col_labels, tolerance, q, row_offset, chunk_rows, symmetric
+        )
+    return _pair_sum_dense(row_embeddings, row_labels, col_embeddings, col_labels, tolerance, q, row_offset)
+
+
 def ordered_pair_count(batch_size: int) -> int:
     return batch_size * (batch_size - 1)
 
 
 def revised_contrastive_loss(
-    embeddings: torch.Tensor, labels: torch.Tensor, tolerance: float, q: float = 100.0
+    embeddings: torch.Tensor, labels: torch.Tensor, tolerance: float, q: float = 100.0, chunk_rows: int = 0
 ) -> torch.Tensor:
     """Mean of eq. 2 over all ordered pairs i != j; positive iff |labels_i - labels_j| <= tolerance."""
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
         raise ValueError(f"embeddings {tuple(embeddings.shape)} and labels {tuple(labels.shape)} do not match")
     if len(embeddings) < 2:
         raise ValueError("the pair loss needs a batch of at least 2 faces")
-    pair_sum, _ = revised_contrastive_pair_sum(embeddings, labels, embeddings, labels, tolerance, q)
+    pair_sum, _ = revised_contrastive_pair_sum(embeddings, labels, embeddings, labels, tolerance, q, chunk_rows=chunk_rows)
     return pair_sum / ordered_pair_count(len(embeddings))
 
 

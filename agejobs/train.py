@@ -33,7 +33,10 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     samples_seen: int = 0  # faces, summed over workers
     elapsed_s: float = 0.0  # training time, summed over restarts
-    rng: dict = field(default_factory=dict)
+    restarts: int = 0  # times this run resumed from a checkpoint (after a failure or a resubmit)
+    # Every worker's RNG state (python, numpy, torch), indexed by rank: each worker's dropout
+    # and augmentation streams continue where they were, not rank 0's stream everywhere.
+    rng_per_rank: list = field(default_factory=list)
 
 
 def capture_rng() -> dict:
@@ -93,7 +96,7 @@ def siamese_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: 
         cols = distributed.gather_with_grad(embeddings) if use_global else embeddings
         col_labels = distributed.gather_no_grad(labels) if use_global else labels
         pair_sum, positives = losses.revised_contrastive_pair_sum(
-            embeddings, labels, cols, col_labels, tolerance, cfg.loss.q, offset
+            embeddings, labels, cols, col_labels, tolerance, cfg.loss.q, offset, cfg.loss.chunk_rows
         )
         return pair_sum / pair_count, positives
 
@@ -165,8 +168,19 @@ def restore_state(model: torch.nn.Module, optimizer) -> TrainState:
     unwrapped.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     state = TrainState(**payload["train_state"])
-    apply_rng(state.rng)
+    state.restarts += 1
+    rank, world = distributed.rank_and_world()
+    if len(state.rng_per_rank) == world:
+        apply_rng(state.rng_per_rank[rank])
+    else:  # a different number of workers than when saved: fresh, distinct streams per rank
+        seed_worker_rng(state.step, rank)
     return state
+
+
+def seed_worker_rng(seed: int, rank: int) -> None:
+    torch.manual_seed(seed + 1000 * (rank + 1))
+    np.random.seed((seed + 1000 * (rank + 1)) % 2**32)
+    random.seed(seed + 1000 * (rank + 1))
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -191,9 +205,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     unused = cfg.train.method == "siamese" and cfg.loss.gender_weight == 0
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     optimizer = make_optimizer(model.parameters(), cfg.optim)
+    resumed = ray.train.get_checkpoint() is not None
     state = restore_state(model, optimizer)
-    if not state.rng:
-        torch.manual_seed(cfg.train.seed + 1000 * (rank + 1))  # different dropout per worker
+    if not resumed:
+        seed_worker_rng(cfg.train.seed, rank)  # a different dropout stream per worker
 
     shard = ray.train.get_dataset_shard("train")
     local_batch = cfg.train.batch_size // world
@@ -222,6 +237,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             loss.backward()
             optimizer.step()
             state.step += 1
+            if cfg.train.fail_at_step and state.step == cfg.train.fail_at_step and not resumed and rank == world - 1:
+                print(f"[train] fault drill: worker {rank} exits at step {state.step}", flush=True)
+                os._exit(1)
             epoch_steps += 1
             epoch_samples += local_batch * world
             state.samples_seen += local_batch * world
@@ -245,7 +263,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 break
         state.epoch += 1
         state.elapsed_s = time.monotonic() - started
-        state.rng = capture_rng()
+        state.rng_per_rank = distributed.gather_objects(capture_rng())
         metrics = {key: value / max(epoch_steps, 1) for key, value in epoch_log.items()}
         metrics.update(
             epoch=state.epoch,

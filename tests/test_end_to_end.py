@@ -92,7 +92,7 @@ def test_train_and_evaluate_commands_on_s3(local_s3, s3_bucket, capsys):
     tiny = ["data.image_size=32", "model.weights=", "train.batch_size=16", "train.max_steps=2", "train.max_time_s=0"]
     assert main(["train", "-c", "configs/demo.yaml", "--manifest", f"{s3_bucket}/packed", "--workdir", f"{s3_bucket}/run", *tiny]) == 0
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert trained["checkpoint"].startswith(f"{s3_bucket}/run/checkpoints/")
+    assert trained["checkpoint"].startswith(f"{s3_bucket}/run/runs/siamese/checkpoint_")  # train.storage_path=runs
     assert storage.exists(f"{trained['checkpoint']}/checkpoint.pt")
     assert storage.exists(f"{s3_bucket}/run/config.yaml")
 

@@ -125,3 +125,31 @@ def test_gender_classification_ignores_unlabelled():
         losses.gender_classification_loss(logits[:2], torch.tensor([0, 1])),
     )
     assert losses.gender_classification_loss(logits, torch.tensor([-1, -1, -1])).item() == 0.0
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 16])
+def test_chunked_pair_sum_equals_dense_in_value_and_gradients(chunk_rows):
+    torch.manual_seed(1)
+    rows = torch.randn(10, 5, dtype=torch.float64, requires_grad=True)
+    cols = torch.randn(17, 5, dtype=torch.float64, requires_grad=True)
+    row_labels, col_labels = torch.randint(0, 30, (10,)), torch.randint(0, 30, (17,))
+    col_labels[:3] = -1  # unlabelled columns take part in neither version
+
+    def run(chunk):
+        rows.grad = cols.grad = None
+        pair_sum, positives = losses.revised_contrastive_pair_sum(rows, row_labels, cols, col_labels, 3, 50.0, 4, chunk)
+        (pair_sum * 0.7).backward()
+        return pair_sum.detach(), positives, rows.grad.clone(), cols.grad.clone()
+
+    dense, chunked = run(0), run(chunk_rows)
+    assert torch.allclose(dense[0], chunked[0], rtol=1e-12) and dense[1] == chunked[1]
+    assert torch.allclose(dense[2], chunked[2], rtol=1e-10) and torch.allclose(dense[3], chunked[3], rtol=1e-10)
+
+
+def test_chunked_loss_on_one_batch_passes_gradcheck():
+    torch.manual_seed(2)
+    embeddings = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([20, 21, 25, 40, 41, 60, 23])
+    assert torch.autograd.gradcheck(lambda e: losses.revised_contrastive_loss(e, labels, 3, 10.0, chunk_rows=2), (embeddings,))
+    full = losses.revised_contrastive_loss(embeddings, labels, 3, 10.0)
+    assert torch.allclose(full, losses.revised_contrastive_loss(embeddings, labels, 3, 10.0, chunk_rows=3))
