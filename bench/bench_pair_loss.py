@@ -10,8 +10,8 @@ Methods, on the same embeddings (B x D, float32) and age labels:
   pml       pytorch-metric-learning ContrastiveLoss(distance=LpDistance(p=1,
             normalize_embeddings=False)): all-pairs indices, per-pair losses, mean reducer
 Each (method, B) runs in a fresh process. Time: median of --repeats runs after a warm-up.
-Peak memory: on CPU the peak RSS above the process's level before the first run (sampled every
-millisecond); on CUDA torch.cuda.max_memory_allocated above the inputs.
+Peak memory of the first forward + backward: on CPU the peak RSS above the process's level just
+before it (sampled every millisecond); on CUDA torch.cuda.max_memory_allocated above the inputs.
 Prints a table and writes bench/results/pair_loss.json.
 """
 
@@ -88,7 +88,8 @@ def measure(method: str, batch: int, dim: int, repeats: int, device: str) -> dic
         if device == "cuda":
             torch.cuda.synchronize()
 
-    step()  # warm-up (first-call allocations, lazy imports)
+    # Peak of the FIRST step, from the level before it: later steps reuse memory the allocator
+    # kept from the first one, so RSS would no longer rise.
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
