@@ -298,8 +298,14 @@ def split_age_stats(source_uri: str, split: str) -> tuple[int, float]:
     return len(ages), float(pc.mean(ages).as_py() or 0.0)
 
 
-def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: str) -> TrainOutcome:
-    """Launch TorchTrainer on the connected Ray cluster and wait for it."""
+def run_training(
+    cfg: Config, manifest_uri: str, run_name: str, storage_path: str, train_ds=None, train_stats=None
+) -> TrainOutcome:
+    """Launch TorchTrainer on the connected Ray cluster and wait for it.
+
+    `train_ds` (a Ray Dataset of "image", "age", "gender") and `train_stats` ((rows, mean age))
+    replace the manifest's training split, e.g. for benchmarks on pre-decoded tensors.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -308,8 +314,8 @@ def run_training(cfg: Config, manifest_uri: str, run_name: str, storage_path: st
 
     if not storage.is_remote(storage_path):
         storage_path = os.path.abspath(storage_path.removeprefix("file://"))
-    train_rows, train_age_mean = split_age_stats(manifest_uri, "train")
-    train_ds = face_dataset(
+    train_rows, train_age_mean = train_stats or split_age_stats(manifest_uri, "train")
+    train_ds = train_ds if train_ds is not None else face_dataset(
         manifest_uri,
         "train",
         cfg.data.image_size,
