@@ -90,11 +90,16 @@ def siamese_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: 
     # Pairs span workers only when asked; DDP averaging over workers is cancelled only then.
     scale = distributed.global_pair_loss_scale() if use_global else 1
 
+    gather_seconds = 0.0
+
     def task_loss(embeddings: torch.Tensor, labels: torch.Tensor, tolerance: float):
+        nonlocal gather_seconds
         # The pair loss runs in at least fp32 under autocast (exp and squares overflow in bf16).
         embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
+        gather_started = time.perf_counter()
         cols = distributed.gather_with_grad(embeddings) if use_global else embeddings
         col_labels = distributed.gather_no_grad(labels) if use_global else labels
+        gather_seconds += time.perf_counter() - gather_started
         pair_sum, positives = losses.revised_contrastive_pair_sum(
             embeddings, labels, cols, col_labels, tolerance, cfg.loss.q, offset, cfg.loss.chunk_rows
         )
@@ -115,6 +120,7 @@ def siamese_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: 
         "age_loss": summed[0].item() / divisor,
         "gender_loss": summed[1].item() / divisor,
         "positive_pair_ratio": summed[2].item() / total_pairs,
+        "gather_s": gather_seconds,  # this worker's forward gathers (the backward all-reduce is in DDP's time)
     }
     return loss * scale, log
 
