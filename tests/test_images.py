@@ -34,7 +34,7 @@ from agejobs.images import (
 _CORPUS_DIR = tempfile.TemporaryDirectory(prefix="bad_inputs_")
 CORPUS_DIR = Path(_CORPUS_DIR.name)
 CORPUS = write_bad_input_corpus(CORPUS_DIR)
-UTKFACE_DIR = Path("/work/shared/data/utkface-part1")
+UTKFACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-part1"
 
 
 def corner_means(image: np.ndarray) -> dict[str, np.ndarray]:
@@ -144,12 +144,12 @@ def intersection_over_union(a, b) -> float:
 def real_face() -> np.ndarray:
     """The first UTKFace crop (200 x 200) in which detect_face finds a face."""
     if not UTKFACE_DIR.is_dir():
-        pytest.skip(f"{UTKFACE_DIR} absent: no real face to detect")
+        pytest.skip(f"{UTKFACE_DIR} absent (the shared data is not beside this checkout): no real face to detect")
     for path in sorted(UTKFACE_DIR.iterdir())[:20]:
         face = decode_image(path.read_bytes(), str(path))
         if detect_face(face) is not None:
             return face
-    pytest.skip(f"detect_face found no face in the first 20 files of {UTKFACE_DIR}")
+    pytest.fail(f"detect_face found no face in the first 20 files of {UTKFACE_DIR}")
 
 
 def test_face_pasted_into_a_larger_picture_is_found_and_cropped(real_face):
