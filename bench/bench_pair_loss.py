@@ -24,15 +24,15 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
+
+from common import PeakRss, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = ("chunked", "dense", "pml")
 
 
 def make_loss(method: str):
-    import torch
 
     from agejobs.losses import revised_contrastive_loss
 
@@ -47,30 +47,6 @@ def make_loss(method: str):
         loss = ContrastiveLoss(pos_margin=0.0, neg_margin=100.0, distance=LpDistance(p=1, normalize_embeddings=False))
         return lambda embeddings, ages: loss(embeddings, ages)
     raise ValueError(method)
-
-
-class PeakRss:
-    def __init__(self):
-        import psutil
-
-        self.process = psutil.Process()
-        self.base = self.process.memory_info().rss
-        self.peak = self.base
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.001)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop.set()
-        self.thread.join()
 
 
 def measure(method: str, batch: int, dim: int, repeats: int, device: str) -> dict:
@@ -96,7 +72,7 @@ def measure(method: str, batch: int, dim: int, repeats: int, device: str) -> dic
         step()
         peak = torch.cuda.max_memory_allocated() - base
     else:
-        with PeakRss() as rss:
+        with PeakRss(interval_s=0.001) as rss:
             step()
         peak = rss.peak - rss.base
     times = []
@@ -146,9 +122,7 @@ def main() -> int:
             memory = pml["peak_bytes"] / max(row["peak_bytes"], 1)
             results["vs_pml"][f"{method}@{batch}"] = {"speedup": speed, "memory_ratio": memory}
             print(f"{batch:>5} {method:<8} {row['seconds'] * 1e3:>9.1f} {row['peak_bytes'] / 2**20:>9.1f} {speed:>12.1f}x {memory:>13.1f}x")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_results(args.out, results)
     print(f"wrote {args.out}")
     return 0
 

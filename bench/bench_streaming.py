@@ -21,58 +21,12 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
+
+from common import PeakRss, settings, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUCKET = "agejobs-bench"
-
-
-def tree_rss_bytes(root) -> tuple[int, int]:
-    """(summed RSS, process count) of a process and all its descendants."""
-    total = count = 0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            total += process.memory_info().rss
-            count += 1
-        except Exception:  # a process that ended between listing and reading
-            pass
-    return total, count
-
-
-class PeakRss:
-    """Samples the RSS of this process and all its descendants (the local Ray cluster)."""
-
-    def __init__(self, interval_s: float = 0.2):
-        import psutil
-
-        self.root = psutil.Process()
-        self.interval_s = interval_s
-        self.peak = 0
-        self.processes_at_peak = 0
-        self.driver_peak = 0
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self.stop_event.is_set():
-            self.sample()
-            self.stop_event.wait(self.interval_s)
-
-    def sample(self):
-        total, count = tree_rss_bytes(self.root)
-        if total > self.peak:
-            self.peak, self.processes_at_peak = total, count
-        self.driver_peak = max(self.driver_peak, self.root.memory_info().rss)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop_event.set()
-        self.thread.join()
-        self.sample()
 
 
 def one_pass(source: str, image_size: int, concurrency: int, num_cpus: int) -> dict:
@@ -82,7 +36,7 @@ def one_pass(source: str, image_size: int, concurrency: int, num_cpus: int) -> d
 
     with ray_session(num_cpus=num_cpus):
         quiet_ray_data()
-        with PeakRss() as rss:
+        with PeakRss(tree=True) as rss:
             started = time.perf_counter()
             ds = face_dataset(source, None, image_size, batch_size=128, concurrency=concurrency, keep_errors=True)
             rows = errors = 0
@@ -172,7 +126,7 @@ def main() -> int:
 
     results = {
         "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.machine()})",
-        "settings": vars(args) | {"child": None},
+        "settings": settings(args),
         "upload": {"images": args.images, "seconds": upload_s},
         "pack": {**small_pack, "seconds": pack_s},
         "loose": loose,
@@ -181,9 +135,7 @@ def main() -> int:
         "shards_vs_loose_speedup": shards["images_per_s"] / loose["images_per_s"],
         "rss_large_over_small": large["peak_rss_bytes"] / shards["peak_rss_bytes"],
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_results(args.out, results)
 
     mib = 2**20
     print(f"\nstreaming from the embedded S3 endpoint ({results['machine']}), decode to {args.image_size}px, {args.concurrency} decode actors")

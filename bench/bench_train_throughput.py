@@ -14,12 +14,13 @@ bench/results/train_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
+
+from common import settings, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -119,14 +120,12 @@ def main() -> int:
     distributed = ray_train(args, images, ages, genders)
     results = {
         "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-        "settings": vars(args),
+        "settings": settings(args),
         "plain_images_per_s": plain,
         "ray_images_per_s": distributed,
         "ratio": distributed / plain,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_results(args.out, results)
     print(f"\ntraining throughput, MobileNetV2 {args.size}px, global batch {args.batch}, last of {args.epochs} epochs ({results['machine']})")
     print(f"{'setup':<44} {'images/s':>9}")
     print(f"{'plain torch loop, 1 process x ' + str(args.workers) + ' threads':<44} {plain:>9.1f}")
