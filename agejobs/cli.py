@@ -84,7 +84,6 @@ def main_pack(args) -> int:
 def _run_experiment(args) -> int:
     if getattr(args, "storage", "local") == "s3":
         return _run_demo_on_local_s3(args)
-    from agejobs import evaluate
     from agejobs.experiment import run_experiment
     from agejobs.ray_runtime import quiet_ray_data, ray_session
 
@@ -145,7 +144,7 @@ def _print_experiment(report: dict) -> int:
 def _workdir(uri: str) -> str:
     from agejobs import storage
 
-    return uri if storage.is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
+    return storage.absolute(uri)
 
 
 def main_train(args) -> int:

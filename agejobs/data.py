@@ -69,13 +69,11 @@ class DecodeFaces:
 ROWS_PER_BLOCK = 512
 
 
-def source_rows(source_uri: str) -> int:
-    """Rows of a manifest (from its Parquet footer) or a pack (from its plan), without reading data."""
+def manifest_rows(manifest_uri: str) -> int:
+    """Rows of a manifest, from its Parquet footer (no data read)."""
     import pyarrow.parquet as pq
 
-    if pack.is_pack(source_uri):
-        return pack.read_plan(source_uri).rows
-    fs, path = storage.filesystem_for(source_uri)
+    fs, path = storage.filesystem_for(manifest_uri)
     with fs.open(path, "rb") as handle:
         return pq.ParquetFile(handle).metadata.num_rows
 
@@ -152,7 +150,7 @@ def manifest_dataset(
         )
     else:
         filesystem, path = storage.arrow_filesystem(source_uri)
-        blocks = max(blocks, -(-source_rows(source_uri) // ROWS_PER_BLOCK))
+        blocks = max(blocks, -(-manifest_rows(source_uri) // ROWS_PER_BLOCK))
         ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, concurrency=read_concurrency)
         ds = ds.select_columns(columns)
     if split is not None:

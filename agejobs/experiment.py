@@ -11,7 +11,6 @@ Outputs in WORKDIR: config.yaml, data/ (manifest), checkpoints/, report.json, pl
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 
 import numpy as np
@@ -160,8 +159,7 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
     """The whole experiment on the connected Ray cluster; returns the report (also report.json)."""
     from tqdm.auto import tqdm
 
-    if not storage.is_remote(workdir):
-        workdir = os.path.abspath(workdir.removeprefix("file://"))
+    workdir = storage.absolute(workdir)
     plots_dir = storage.join(workdir, "plots")
     storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
     timings: dict[str, float] = {}

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import storage
-from agejobs.datasets.manifest import MANIFEST_SCHEMA, Rejected, errors_to_table, read_manifest
+from agejobs.datasets.manifest import MANIFEST_SCHEMA, Rejected, errors_to_table, read_manifest, write_table_atomic
 from agejobs.images import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,9 @@ def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -
     counts = {"rows_in": len(rows), "rows_ok": len(packed), "rows_rejected": len(rejected)}
     assert counts["rows_in"] == counts["rows_ok"] + counts["rows_rejected"]
 
-    buffer = pa.BufferOutputStream()
-    pq.write_table(errors_to_table(rejected), buffer)
-    storage.write_bytes_atomic(errors_uri(out_uri, index), buffer.getvalue().to_pybytes())
-    buffer = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(packed, schema=SHARD_SCHEMA), buffer, row_group_size=ROW_GROUP_ROWS)
-    storage.write_bytes_atomic(shard_uri(out_uri, index), buffer.getvalue().to_pybytes())
+    write_table_atomic(errors_to_table(rejected), errors_uri(out_uri, index))
+    shard = pa.Table.from_pylist(packed, schema=SHARD_SCHEMA)
+    write_table_atomic(shard, shard_uri(out_uri, index), row_group_size=ROW_GROUP_ROWS)
     storage.mark_done(shard_uri(out_uri, index), json.dumps(counts).encode())
     return counts
 

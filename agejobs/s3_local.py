@@ -87,7 +87,7 @@ class LocalS3:
     def _reset_filesystems() -> None:
         from agejobs import storage
 
-        storage._s3_filesystem_cache.clear()
+        storage.reset_filesystems()
 
     def create_bucket(self, bucket: str) -> None:
         from agejobs import storage

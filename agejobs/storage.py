@@ -47,6 +47,11 @@ def configure(cfg: StorageConfig) -> None:
     _retries = cfg.retries
     os.environ["AGEJOBS_S3_RETRIES"] = str(cfg.retries)
     fsspec.config.conf.pop("s3", None)
+    reset_filesystems()
+
+
+def reset_filesystems() -> None:
+    """Forget cached S3 filesystems, so the next use sees the current environment."""
     _s3_filesystem_cache.clear()
 
 
@@ -95,6 +100,12 @@ def arrow_filesystem(uri: str):
 
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
+
+
+def absolute(uri: str) -> str:
+    """A remote URI as it is; a local path or file:// URI as an absolute local path (Ray
+    workers run in other directories)."""
+    return uri if is_remote(uri) else os.path.abspath(uri.removeprefix("file://"))
 
 
 def join(base: str, *parts: str) -> str:

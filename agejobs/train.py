@@ -318,8 +318,7 @@ def run_training(
     from agejobs import storage
     from agejobs.data import face_dataset
 
-    if not storage.is_remote(storage_path):
-        storage_path = os.path.abspath(storage_path.removeprefix("file://"))
+    storage_path = storage.absolute(storage_path)
     train_rows, train_age_mean = train_stats or split_age_stats(manifest_uri, "train")
     train_ds = train_ds if train_ds is not None else face_dataset(
         manifest_uri,

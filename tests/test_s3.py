@@ -4,9 +4,7 @@ images and shards read from s3://, outputs and checkpoints written there."""
 
 import io
 import os
-import shutil
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch

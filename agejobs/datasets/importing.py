@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import posixpath
 
 from agejobs import storage
@@ -29,9 +28,7 @@ STAGE = "import"
 
 def source_root(source: str) -> str:
     """A local source as an absolute path (`file://` dropped), a URI without its trailing '/'."""
-    if storage.is_remote(source):
-        return source.rstrip("/")
-    return os.path.abspath(source.removeprefix("file://"))
+    return storage.absolute(source).rstrip("/") if storage.is_remote(source) else storage.absolute(source)
 
 
 def read_text(uri: str) -> str:

@@ -193,10 +193,11 @@ def errors_to_table(rejected: list[Rejected]) -> pa.Table:
     return pa.Table.from_pylist([r.__dict__ for r in rejected], schema=ERRORS_SCHEMA)
 
 
-def write_table_atomic(table: pa.Table, uri: str) -> None:
-    """Write Parquet so that a reader never sees half a file (any local path or URI)."""
+def write_table_atomic(table: pa.Table, uri: str, **write_options) -> None:
+    """Write Parquet so that a reader never sees half a file (any local path or URI);
+    `write_options` go to pyarrow's write_table (e.g. row_group_size)."""
     buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, **write_options)
     storage.write_bytes_atomic(uri, buffer.getvalue().to_pybytes())
 
 

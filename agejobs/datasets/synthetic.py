@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,8 +163,7 @@ def write_synthetic(out_dir: str, spec: SynthSpec, progress: bool = False) -> di
         raise ValueError(f"age range {spec.min_age}..{spec.max_age} not within {MIN_AGE}..{MAX_AGE}")
     if spec.seed < 0:
         raise ValueError("seed must be >= 0 (it seeds numpy SeedSequence)")
-    if not storage.is_remote(out_dir):
-        out_dir = os.path.abspath(out_dir.removeprefix("file://"))
+    out_dir = storage.absolute(out_dir)
     image_dir = storage.join(out_dir, "images")
     subjects = range(spec.num_subjects)
     if progress:

@@ -11,7 +11,6 @@ split protocols coincide.
 
 from __future__ import annotations
 
-import os
 
 from agejobs import storage
 from agejobs.datasets.manifest import (
@@ -81,8 +80,7 @@ def parse_utkface_name(file_name: str) -> dict:
 def import_utkface(src_dir: str, split: SplitSpec = SplitSpec()) -> ImportResult:
     """One manifest row per well-named, non-empty image in src_dir; everything else rejected."""
     spec = split
-    if not storage.is_remote(src_dir):
-        src_dir = os.path.abspath(src_dir.removeprefix("file://"))
+    src_dir = storage.absolute(src_dir)
     rows: list[dict] = []
     rejected: list[Rejected] = []
     file_name_of_id: dict[str, str] = {}
