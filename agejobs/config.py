@@ -81,6 +81,9 @@ class LossConfig:
     pairs: str = "global"
     # Rows of the pair loss computed at a time (0 = all at once): peak memory O(chunk_rows x B).
     chunk_rows: int = 256
+    # Block kernel of the chunked pair loss: "compiled" (torch.compile, fused; needs a C++
+    # compiler on CPU, Triton on GPU) or "cdist" (aten cdist; no compiler).
+    kernel: str = "compiled"
 
 
 @dataclass
@@ -170,6 +173,7 @@ CHOICES = {
     "dataset.split_protocol": ("random", "subject"),
     "model.backbone": ("inception_v3", "mobilenet_v2", "resnet18", "mobilenet_v3_small"),
     "loss.pairs": ("global", "local"),
+    "loss.kernel": ("compiled", "cdist"),
     "optim.name": ("adadelta", "adam", "sgd"),
     "train.method": ("siamese", "regression", "dex"),
     "train.lr_schedule": ("constant", "cosine"),

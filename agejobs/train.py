@@ -101,7 +101,7 @@ def siamese_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: 
         col_labels = distributed.gather_no_grad(labels) if use_global else labels
         gather_seconds += time.perf_counter() - gather_started
         pair_sum, positives = losses.revised_contrastive_pair_sum(
-            embeddings, labels, cols, col_labels, tolerance, cfg.loss.q, offset, cfg.loss.chunk_rows
+            embeddings, labels, cols, col_labels, tolerance, cfg.loss.q, offset, cfg.loss.chunk_rows, cfg.loss.kernel
         )
         return pair_sum / pair_count, positives
 

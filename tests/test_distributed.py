@@ -34,10 +34,11 @@ def batch():
     return x, ages, genders
 
 
-def config(pairs, chunk_rows=0):
+def config(pairs, chunk_rows=0, kernel="cdist"):
     cfg = Config()
     cfg.loss.pairs = pairs
     cfg.loss.chunk_rows = chunk_rows
+    cfg.loss.kernel = kernel
     return cfg
 
 
@@ -45,24 +46,24 @@ def grads(model):
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def worker(rank, port, pairs, out_dir, chunk_rows=0):
+def worker(rank, port, pairs, out_dir, chunk_rows=0, kernel="cdist"):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     model = DistributedDataParallel(TwoHeads())
     x, ages, genders = batch()
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    loss, log = siamese_loss(model(x[rows]), ages[rows], genders[rows], config(pairs, chunk_rows))
+    loss, log = siamese_loss(model(x[rows]), ages[rows], genders[rows], config(pairs, chunk_rows, kernel))
     loss.backward()
     torch.save({"grads": grads(model.module), "log": log}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-def run_two_ranks(pairs, tmp_path, chunk_rows=0):
+def run_two_ranks(pairs, tmp_path, chunk_rows=0, kernel="cdist"):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(worker, args=(port, pairs, str(tmp_path), chunk_rows), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(worker, args=(port, pairs, str(tmp_path), chunk_rows, kernel), nprocs=WORLD, start_method="spawn")
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -75,11 +76,11 @@ def single_process():
     return grads(model), log
 
 
-@pytest.mark.parametrize("chunk_rows", [0, 4])
-def test_global_pairs_match_one_process_on_the_concatenated_batch(tmp_path, single_process, chunk_rows):
+@pytest.mark.parametrize(("chunk_rows", "kernel"), [(0, "cdist"), (4, "cdist"), (4, "compiled")])
+def test_global_pairs_match_one_process_on_the_concatenated_batch(tmp_path, single_process, chunk_rows, kernel):
     """One dense single-process step vs 2 ranks, dense or chunked (4 rows: chunks cross ranks' rows)."""
     expected, expected_log = single_process
-    results = run_two_ranks("global", tmp_path, chunk_rows)
+    results = run_two_ranks("global", tmp_path, chunk_rows, kernel)
     for result in results:
         for name, grad in expected.items():
             torch.testing.assert_close(result["grads"][name], grad, rtol=1e-5, atol=1e-8)

@@ -127,8 +127,9 @@ def test_gender_classification_ignores_unlabelled():
     assert losses.gender_classification_loss(logits, torch.tensor([-1, -1, -1])).item() == 0.0
 
 
+@pytest.mark.parametrize("kernel", ["cdist", "compiled"])
 @pytest.mark.parametrize("chunk_rows", [1, 3, 7, 16])
-def test_chunked_pair_sum_equals_dense_in_value_and_gradients(chunk_rows):
+def test_chunked_pair_sum_equals_dense_in_value_and_gradients(chunk_rows, kernel):
     torch.manual_seed(1)
     rows = torch.randn(10, 5, dtype=torch.float64, requires_grad=True)
     cols = torch.randn(17, 5, dtype=torch.float64, requires_grad=True)
@@ -137,7 +138,9 @@ def test_chunked_pair_sum_equals_dense_in_value_and_gradients(chunk_rows):
 
     def run(chunk):
         rows.grad = cols.grad = None
-        pair_sum, positives = losses.revised_contrastive_pair_sum(rows, row_labels, cols, col_labels, 3, 50.0, 4, chunk)
+        pair_sum, positives = losses.revised_contrastive_pair_sum(
+            rows, row_labels, cols, col_labels, 3, 50.0, 4, chunk, kernel
+        )
         (pair_sum * 0.7).backward()
         return pair_sum.detach(), positives, rows.grad.clone(), cols.grad.clone()
 
@@ -146,10 +149,36 @@ def test_chunked_pair_sum_equals_dense_in_value_and_gradients(chunk_rows):
     assert torch.allclose(dense[2], chunked[2], rtol=1e-10) and torch.allclose(dense[3], chunked[3], rtol=1e-10)
 
 
-def test_chunked_loss_on_one_batch_passes_gradcheck():
+@pytest.mark.parametrize("kernel", ["cdist", "compiled"])
+def test_chunked_loss_on_one_batch_passes_gradcheck(kernel):
     torch.manual_seed(2)
     embeddings = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([20, 21, 25, 40, 41, 60, 23])
-    assert torch.autograd.gradcheck(lambda e: losses.revised_contrastive_loss(e, labels, 3, 10.0, chunk_rows=2), (embeddings,))
+
+    def chunked(e, chunk_rows):
+        return losses.revised_contrastive_loss(e, labels, 3, 10.0, chunk_rows=chunk_rows, kernel=kernel)
+
+    assert torch.autograd.gradcheck(lambda e: chunked(e, 2), (embeddings,))
     full = losses.revised_contrastive_loss(embeddings, labels, 3, 10.0)
-    assert torch.allclose(full, losses.revised_contrastive_loss(embeddings, labels, 3, 10.0, chunk_rows=3))
+    assert torch.allclose(full, chunked(embeddings, 3))
+
+
+def test_compiled_kernel_matches_cdist_in_float32_on_a_large_batch():
+    """fp32 at a training-sized batch: the fused loop sums in another order than cdist, nothing else."""
+    torch.manual_seed(3)
+    embeddings = (torch.randn(600, 70) * 10).requires_grad_(True)
+    ages = torch.randint(0, 80, (600,))
+    results = []
+    for kernel in ("cdist", "compiled"):
+        embeddings.grad = None
+        loss = losses.revised_contrastive_loss(embeddings, ages, 3, 100.0, chunk_rows=256, kernel=kernel)
+        loss.backward()
+        results.append((loss.detach(), embeddings.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_kernel_is_refused():
+    embeddings = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="loss.kernel"):
+        losses.revised_contrastive_loss(embeddings, torch.arange(4), 3, chunk_rows=2, kernel="triton")
