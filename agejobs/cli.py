@@ -8,6 +8,9 @@ so that `agejobs --help` starts instantly.
     agejobs pack MANIFEST OUT [--shard-mb MB] [--no-verify]
     agejobs train -c CONFIG --manifest MANIFEST|PACK [--workdir DIR] [key=value ...]
     agejobs evaluate --checkpoint DIR --manifest MANIFEST|PACK [--workdir DIR]
+    agejobs gallery build --checkpoint DIR --source MANIFEST|PACK --out DIR [-c CONFIG] [key=value ...]
+    agejobs score --checkpoint DIR --gallery DIR --archive PREFIX|PACK --out DIR [--run-id ID] [-c CONFIG] [key=value ...]
+    agejobs evaluate --scored OUT/RUN_ID --labels MANIFEST|PACK [--workdir DIR]
 
 Every path may be a local path or a URI (s3://bucket/prefix; S3 settings from the config's
 `storage:` section or the standard AWS environment). Batch commands end by printing one JSON
@@ -165,13 +168,44 @@ def main_train(args) -> int:
     return 0
 
 
+def main_gallery_build(args) -> int:
+    from agejobs.gallery import build_gallery
+    from agejobs.ray_runtime import quiet_ray_data, ray_session
+
+    cfg = _load(args)
+    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+        quiet_ray_data()
+        manifest = build_gallery(args.checkpoint, args.source, _workdir(args.out), cfg)
+    keys = ("gallery_version", "count", "faces_embedded", "age_embedding_dim", "gender_index", "distance", "search", "build_seconds")
+    _print_json({key: manifest[key] for key in keys} | {"gallery": _workdir(args.out)})
+    return 0
+
+
+def main_score(args) -> int:
+    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.score import default_run_id, score_archive
+
+    cfg = _load(args)
+    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+        quiet_ray_data()
+        summary = score_archive(
+            args.archive, _workdir(args.out), args.run_id or default_run_id(), args.checkpoint, args.gallery, cfg
+        )
+    _print_json(summary)
+    return 0
+
+
 def main_evaluate(args) -> int:
+    if args.scored:
+        return _evaluate_scored(args)
+    if not (args.checkpoint and args.manifest):
+        raise ValueError("evaluate needs --checkpoint and --manifest, or --scored and --labels")
     from agejobs import evaluate, storage
     from agejobs.experiment import SIAMESE, direct_report, knn_reports
     from agejobs.gallery import load_trained_model
     from agejobs.ray_runtime import quiet_ray_data, ray_session
 
-    _, cfg = load_trained_model(args.checkpoint)
+    cfg = load_trained_model(args.checkpoint).cfg
     workdir = _workdir(args.workdir)
     plots_dir = storage.join(workdir, "plots")
     with ray_session(cfg.ray.address, cfg.ray.num_cpus):
@@ -186,6 +220,36 @@ def main_evaluate(args) -> int:
     evaluate.write_report(report_uri, reports, {"checkpoint": args.checkpoint, "manifest": args.manifest})
     print(evaluate.format_table(reports))
     _print_json({"mae": reports[0]["mae"], "n": reports[0]["n"], "report": report_uri})
+    return 0
+
+
+def _evaluate_scored(args) -> int:
+    """The spine's report and plots for a scoring run's output joined (by path) with labels."""
+    from agejobs import evaluate, storage
+    from agejobs.data import label_table
+    from agejobs.score import read_scored
+
+    if not args.labels:
+        raise ValueError("evaluate --scored needs --labels MANIFEST|PACK")
+    predictions, errors = read_scored(args.scored)
+    labels = label_table(args.labels, ("path", "age", "gender"))
+    joined = predictions.join(labels, "path", join_type="inner")
+    if joined.num_rows == 0:
+        raise ValueError(f"no scored row of {args.scored} has a label in {args.labels} (joined on path)")
+    report = evaluate.method_report(
+        "scored", joined["predicted_age"].to_numpy(), joined["age"].to_numpy(),
+        joined["predicted_gender"].to_numpy(), joined["gender"].to_numpy(),
+    )
+    workdir = _workdir(args.workdir)
+    plots_dir = storage.join(workdir, "plots")
+    evaluate.plot_cs_curves([report], storage.join(plots_dir, "cs_curve.png"))
+    evaluate.plot_mae_by_age([report], storage.join(plots_dir, "mae_by_age.png"))
+    report_uri = storage.join(workdir, "report.json")
+    extra = {"scored": args.scored, "labels": args.labels, "scored_rows": predictions.num_rows,
+             "labelled_rows": joined.num_rows, "error_rows": errors.num_rows}
+    evaluate.write_report(report_uri, [report], extra)
+    print(evaluate.format_table([report]))
+    _print_json({"mae": report["mae"], "n": report["n"], "error_rows": errors.num_rows, "report": report_uri})
     return 0
 
 
@@ -248,11 +312,33 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(train, required=True)
     train.set_defaults(handler=main_train)
 
-    evaluate = commands.add_parser("evaluate", help="kNN (or direct) estimates on the test split + report")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--manifest", required=True)
+    evaluate = commands.add_parser(
+        "evaluate", help="kNN (or direct) estimates on the test split + report; or a scoring run's output vs labels"
+    )
+    evaluate.add_argument("--checkpoint", help="with --manifest: evaluate a checkpoint on the test split")
+    evaluate.add_argument("--manifest")
+    evaluate.add_argument("--scored", help="with --labels: a scoring run's output directory (OUT/RUN_ID)")
+    evaluate.add_argument("--labels", help="manifest or pack holding the scored images' labels (joined on path)")
     evaluate.add_argument("--workdir", default="runs/evaluate")
     evaluate.set_defaults(handler=main_evaluate)
+
+    gallery = commands.add_parser("gallery", help="build a gallery (embeddings + L1 index) from a checkpoint")
+    gallery_commands = gallery.add_subparsers(dest="gallery_command", required=True)
+    build = gallery_commands.add_parser("build", help="embed a split with a checkpoint; write faces, index, manifest")
+    build.add_argument("--checkpoint", required=True)
+    build.add_argument("--source", required=True, help="manifest or pack; the split is gallery.split (default train)")
+    build.add_argument("--out", required=True, help="gallery directory (local or URI)")
+    with_config(build)
+    build.set_defaults(handler=main_gallery_build)
+
+    score = commands.add_parser("score", help="score an image archive against a gallery (resumable, sharded output)")
+    score.add_argument("--checkpoint", required=True)
+    score.add_argument("--gallery", required=True, help="built by `agejobs gallery build` with the same checkpoint")
+    score.add_argument("--archive", required=True, help="a prefix of loose images, or a pack directory")
+    score.add_argument("--out", required=True, help="output root; the run writes OUT/RUN_ID/")
+    score.add_argument("--run-id", default="", help="default: today's UTC date (a rerun resumes the same run)")
+    with_config(score)
+    score.set_defaults(handler=main_score)
     return parser
 
 

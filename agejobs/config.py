@@ -135,6 +135,36 @@ class EvalConfig:
 
 
 @dataclass
+class GalleryConfig:
+    split: str = "train"  # the split of the source whose faces become the gallery
+    # "auto": ScaNN brute-force L1 up to brute_force_max faces, approximate + exact re-rank above.
+    search: str = "auto"
+    brute_force_max: int = 100_000
+    candidates: int = 200  # k' re-ranked by exact L1; choose it by measured recall (bench/bench_gallery_search.py)
+    reorder: int = 1000
+    num_leaves: int = 0  # 0 = about sqrt(gallery size)
+    leaves_to_search: int = 0  # 0 = num_leaves / 10
+    # Condensation: 0 keeps every face; K > 0 keeps at most K prototypes per age (k-means).
+    prototypes_per_age: int = 0
+
+
+@dataclass
+class ScoreConfig:
+    # Loose images of an archive are scored in input shards of this many files (a pack's own
+    # shards are its input shards); each becomes one output file with a done-marker.
+    shard_images: int = 1000
+    batch_size: int = 64
+    read_concurrency: int = 2
+    decode_concurrency: int = 1
+    embed_concurrency: int = 1
+    embed_torch_threads: int = 1
+    embed_gpus: float = 0.0  # GPUs per embedding actor (e.g. 1 on a GPU worker type; 0 = CPU)
+    search_concurrency: int = 1
+    # Fault drill: the driver exits (os._exit) right after writing this many shards. 0 = off.
+    fail_after_shards: int = 0
+
+
+@dataclass
 class StorageConfig:
     # S3 settings; empty = the standard AWS chain (environment, ~/.aws files, instance role).
     # See storage.py. Keys given here are exported to the chain, never written back out.
@@ -164,6 +194,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -174,6 +206,7 @@ CHOICES = {
     "model.backbone": ("inception_v3", "mobilenet_v2", "resnet18", "mobilenet_v3_small"),
     "loss.pairs": ("global", "local"),
     "loss.kernel": ("compiled", "cdist"),
+    "gallery.search": ("auto", "exact", "brute_force", "approximate"),
     "optim.name": ("adadelta", "adam", "sgd"),
     "train.method": ("siamese", "regression", "dex"),
     "train.lr_schedule": ("constant", "cosine"),

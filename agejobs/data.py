@@ -20,6 +20,8 @@ import numpy as np
 from agejobs import pack, storage
 from agejobs.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, preprocess_encoded
 LABEL_COLUMNS = ("image_id", "age", "gender")
+# Carried through decoding untouched: where a face came from (scoring writes it out per input shard).
+SOURCE_COLUMNS = ("path", "input_shard")
 
 
 def to_model_input(images: "torch.Tensor", channels_last: bool = False) -> "torch.Tensor":  # noqa: F821
@@ -59,7 +61,7 @@ class DecodeFaces:
                 errors.append("")
             except (ImageDecodeError, OSError) as error:
                 errors.append(str(error))
-        out = {name: np.asarray(batch[name]) for name in LABEL_COLUMNS if name in batch}
+        out = {name: np.asarray(batch[name]) for name in LABEL_COLUMNS + SOURCE_COLUMNS if name in batch}
         out["image"] = images
         out["error"] = np.asarray(errors, dtype=object)
         return out

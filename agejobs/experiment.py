@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from agejobs import evaluate, gallery, storage
+from agejobs import evaluate, gallery, knn, storage
 from agejobs.config import Config, config_to_dict, config_to_yaml
 from agejobs.train import run_training
 
@@ -86,13 +86,13 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
     reference = embed(checkpoint, manifest, "train", cfg)
     queries = embed(checkpoint, manifest, "test", cfg)
     m, chunk = cfg.eval.knn_m, cfg.eval.knn_chunk_size
-    _, age_neighbours = gallery.exact_l1_knn(queries["age_embedding"], reference["age_embedding"], m, chunk)
+    _, age_neighbours = knn.exact_l1_knn(queries["age_embedding"], reference["age_embedding"], m, chunk)
     predicted_age = gallery.mean_neighbour_age(age_neighbours, reference["age"])
     gender_from_age, _ = gallery.majority_neighbour_gender(age_neighbours, reference["gender"])
     evaluate.plot_embedding_map(queries["age_embedding"], queries["age"], storage.join(plots_dir, f"embedding_{name}.png"))
     reports = []
     if name == SIAMESE and cfg.loss.gender_weight > 0:
-        _, gender_neighbours = gallery.exact_l1_knn(queries["gender_embedding"], reference["gender_embedding"], m, chunk)
+        _, gender_neighbours = knn.exact_l1_knn(queries["gender_embedding"], reference["gender_embedding"], m, chunk)
         gender, _ = gallery.majority_neighbour_gender(gender_neighbours, reference["gender"])
         reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender, queries["gender"]))
     else:

@@ -1,55 +1,110 @@
-"""Gallery: embed faces with a trained checkpoint (a Ray Data stage), and exact L1 kNN estimates.
+"""Gallery: embed faces with a trained checkpoint (a Ray Data stage), store them with an L1 index,
+and estimate age and gender from the M nearest gallery faces.
 
 The paper's estimate: the age of a face is the mean age of its M = 20 nearest gallery faces in
 the age embedding, by L1 distance. Gender is the majority of the M nearest in the gender
 embedding (or, for the age-only model, in the age embedding: the paper's Table 2).
+
+A built gallery is a directory (local or s3://):
+    faces.parquet     image_id, age, gender, age_embedding, gender_embedding (one row per face)
+    age_index/        knn.L1Index over the age embeddings (+ gender_index/ for the multi-task model)
+    gallery.json      checkpoint URI, model fingerprint, config, dims, count, distance  (written LAST)
+A gallery is only ever used with the model that embedded it: `load_gallery` compares the
+checkpoint's model fingerprint (a hash of its weights) and refuses any other.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from agejobs.config import config_from_dict
+from agejobs import knn, storage
+from agejobs.config import Config, config_from_dict, config_to_dict
 from agejobs.data import collect_by_image_id, face_dataset, to_model_input
+from agejobs.datasets.manifest import write_table_atomic
 from agejobs.losses import dex_expectation
 from agejobs.model import build_model_from_config
 from agejobs.train import read_checkpoint
 
+MANIFEST_FILE = "gallery.json"
+FACES_FILE = "faces.parquet"
 
-def load_trained_model(checkpoint_dir: str, device: str = "cpu"):
-    """(model in eval mode, its Config) from an agejobs training checkpoint directory."""
+
+class GalleryMismatchError(ValueError):
+    """A gallery used with a model other than the one that embedded it."""
+
+
+def model_fingerprint(state_dict: dict) -> str:
+    """sha256 of a model's weights (names, dtypes, shapes, values): the same weights give the same
+    fingerprint whichever checkpoint file or optimizer state carried them."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass
+class TrainedModel:
+    model: torch.nn.Module
+    cfg: Config
+    checkpoint: str
+    fingerprint: str
+
+
+def load_trained_model(checkpoint_dir: str, device: str = "cpu") -> TrainedModel:
+    """The model (eval mode), its Config and fingerprint from an agejobs training checkpoint."""
     payload = read_checkpoint(checkpoint_dir)
     cfg = config_from_dict(payload["config"])
     # The checkpoint holds every weight; the ImageNet file is not needed (nor present) here.
     model = build_model_from_config(cfg.model, cfg.train.method, cfg.train.max_age, weights="")
     model.load_state_dict(payload["model"])
-    return model.to(device).eval(), cfg
+    return TrainedModel(model.to(device).eval(), cfg, checkpoint_dir, model_fingerprint(payload["model"]))
 
 
 class Embedder:
     """Ray Data stage: decoded faces -> embeddings (siamese) or direct estimates (baselines).
 
-    The model loads once per actor, on the GPU when the actor has one.
+    The model loads once per actor, on the GPU when the actor has one. Every column but the
+    image passes through; rows whose `error` is set (undecodable inputs) are not run through the
+    model and get zero outputs, so errors travel on to be written, never dropped.
     """
 
     def __init__(self, checkpoint_dir: str, torch_threads: int = 1):
         torch.set_num_threads(torch_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.cfg = load_trained_model(checkpoint_dir, self.device)
+        trained = load_trained_model(checkpoint_dir, self.device)
+        self.model, self.cfg, self.fingerprint = trained.model, trained.cfg, trained.fingerprint
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
-        images = to_model_input(torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device))
-        outputs = self.model(images)
-        out = {name: batch[name] for name in ("image_id", "age", "gender") if name in batch}
+        out = {name: values for name, values in batch.items() if name != "image"}
+        ok = np.asarray(batch["error"]) == "" if "error" in batch else np.ones(len(batch["image"]), dtype=bool)
+        images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).to(self.device, non_blocking=True)
+        # The GPU path: bf16 autocast, channels_last; outputs come back as fp32.
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
+            outputs = self.model(to_model_input(images, channels_last=self.device == "cuda"))
+
+        def full(values: torch.Tensor) -> np.ndarray:
+            values = values.float().cpu().numpy()
+            filled = np.zeros((len(ok),) + values.shape[1:], dtype=values.dtype)
+            filled[ok] = values
+            return filled
+
         if self.cfg.train.method == "siamese":
-            out["age_embedding"] = outputs["age"].float().cpu().numpy()
-            out["gender_embedding"] = outputs["gender"].float().cpu().numpy()
+            out["age_embedding"] = full(outputs["age"])
+            out["gender_embedding"] = full(outputs["gender"])
             return out
         age = outputs["age"].float()
-        out["predicted_age"] = (age.reshape(-1) if self.cfg.train.method == "regression" else dex_expectation(age)).cpu().numpy()
-        out["predicted_gender"] = outputs["gender"].argmax(dim=1).cpu().numpy()
+        out["predicted_age"] = full(age.reshape(-1) if self.cfg.train.method == "regression" else dex_expectation(age))
+        out["predicted_gender"] = full(outputs["gender"].argmax(dim=1)).astype(np.int8)
         return out
 
 
@@ -83,47 +138,6 @@ def embed_split(
     return columns
 
 
-def exact_l1_knn(
-    queries: np.ndarray | torch.Tensor,
-    gallery: np.ndarray | torch.Tensor,
-    m: int,
-    query_chunk: int = 1024,
-    gallery_chunk: int = 65536,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The M nearest gallery rows of each query by L1 distance: (distances, indices), nearest first.
-
-    Memory stays O(query_chunk * (gallery_chunk + m)) whatever the gallery size: each query
-    chunk keeps a running top-M while gallery chunks stream past. Ties in distance are broken by
-    the lower gallery index, so results are deterministic.
-    """
-    queries = torch.as_tensor(np.asarray(queries, dtype=np.float32))
-    gallery = torch.as_tensor(np.asarray(gallery, dtype=np.float32))
-    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and gallery {tuple(gallery.shape)} must be (n, d) with the same d")
-    if m < 1:
-        raise ValueError(f"M must be >= 1, got {m}")
-    if m > len(gallery):
-        raise ValueError(f"M={m} nearest neighbours requested but the gallery has only {len(gallery)} faces")
-    all_distances, all_indices = [], []
-    for q_start in range(0, len(queries), query_chunk):
-        query_block = queries[q_start : q_start + query_chunk]
-        best_d = torch.empty((len(query_block), 0))
-        best_i = torch.empty((len(query_block), 0), dtype=torch.long)
-        for g_start in range(0, len(gallery), gallery_chunk):
-            block = gallery[g_start : g_start + gallery_chunk]
-            distances = torch.cdist(query_block, block, p=1.0)
-            indices = torch.arange(g_start, g_start + len(block)).expand(len(query_block), -1)
-            # Earlier (lower-index) candidates come first, so a stable sort keeps index order on ties.
-            candidate_d = torch.cat([best_d, distances], dim=1)
-            candidate_i = torch.cat([best_i, indices], dim=1)
-            order = torch.sort(candidate_d, dim=1, stable=True).indices[:, :m]
-            best_d = torch.gather(candidate_d, 1, order)
-            best_i = torch.gather(candidate_i, 1, order)
-        all_distances.append(best_d)
-        all_indices.append(best_i)
-    return torch.cat(all_distances).numpy(), torch.cat(all_indices).numpy()
-
-
 def mean_neighbour_age(neighbour_indices: np.ndarray, gallery_ages: np.ndarray) -> np.ndarray:
     return np.asarray(gallery_ages, dtype=np.float64)[neighbour_indices].mean(axis=1)
 
@@ -143,3 +157,146 @@ def majority_neighbour_gender(neighbour_indices: np.ndarray, gallery_genders: np
     predicted = np.where(voters > 0, predicted, -1).astype(np.int8)
     share = np.where(predicted == 1, female_share, np.where(predicted == 0, 1.0 - female_share, 0.0))
     return predicted, share
+
+
+def neighbour_age_spread(neighbour_indices: np.ndarray, gallery_ages: np.ndarray) -> np.ndarray:
+    """Standard deviation of the neighbours' ages: how much the M nearest faces disagree (an uncertainty)."""
+    return np.asarray(gallery_ages, dtype=np.float64)[neighbour_indices].std(axis=1)
+
+
+def search_settings(cfg: Config) -> knn.SearchSettings:
+    g = cfg.gallery
+    return knn.SearchSettings(g.search, g.brute_force_max, g.candidates, g.reorder, g.num_leaves, g.leaves_to_search)
+
+
+@dataclass
+class Gallery:
+    uri: str
+    manifest: dict
+    ages: np.ndarray
+    genders: np.ndarray
+    age_index: knn.L1Index
+    gender_index: knn.L1Index | None  # None for the age-only model: gender from the age neighbours
+
+    @property
+    def version(self) -> str:
+        return self.manifest["gallery_version"]
+
+    def estimate(self, age_embeddings: np.ndarray, gender_embeddings: np.ndarray | None = None) -> dict:
+        """Per query: predicted_age (mean of the M nearest), age_spread, predicted_gender, gender_vote_share."""
+        _, age_neighbours = self.age_index.search(age_embeddings)
+        gender_neighbours = age_neighbours
+        if self.gender_index is not None and gender_embeddings is not None:
+            _, gender_neighbours = self.gender_index.search(gender_embeddings)
+        gender, share = majority_neighbour_gender(gender_neighbours, self.genders)
+        return {
+            "predicted_age": mean_neighbour_age(age_neighbours, self.ages),
+            "age_spread": neighbour_age_spread(age_neighbours, self.ages),
+            "predicted_gender": gender,
+            "gender_vote_share": share,
+        }
+
+
+def _fixed_size_lists(matrix: np.ndarray):
+    import pyarrow as pa
+
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Config) -> dict:
+    """Embed `cfg.gallery.split` of a manifest or pack with the checkpoint, optionally condense it,
+    and write faces, L1 indexes and the manifest (last). Returns the manifest.
+
+    Preprocessing (image size, face crop) is the checkpoint's own training setting, so gallery
+    faces are seen exactly as the model saw faces in training; `cfg` sizes the job and the index.
+    """
+    import pyarrow as pa
+
+    from agejobs import condense
+
+    payload = read_checkpoint(checkpoint_dir)
+    model_cfg = config_from_dict(payload["config"])
+    if model_cfg.train.method != "siamese":
+        raise ValueError(f"{checkpoint_dir}: a gallery needs a siamese checkpoint; a {model_cfg.train.method} model estimates ages directly")
+    fingerprint = model_fingerprint(payload["model"])
+    del payload
+    started = time.time()
+    columns = embed_split(
+        checkpoint_dir, source_uri, cfg.gallery.split, model_cfg.data.image_size, cfg.eval.embed_batch_size,
+        cfg.eval.embed_concurrency, cfg.eval.embed_torch_threads, model_cfg.data.face_crop,
+    )
+    faces_embedded = len(columns["image_id"])
+    if cfg.gallery.prototypes_per_age:
+        columns = condense.per_age_prototypes(columns, cfg.gallery.prototypes_per_age, seed=cfg.train.seed)
+    with_gender_index = model_cfg.loss.gender_weight > 0
+    table = pa.table({
+        "image_id": pa.array(columns["image_id"].astype(str)),
+        "age": pa.array(columns["age"].astype(np.int16)),
+        "gender": pa.array(columns["gender"].astype(np.int8)),
+        "age_embedding": _fixed_size_lists(columns["age_embedding"]),
+        "gender_embedding": _fixed_size_lists(columns["gender_embedding"]),
+    })
+    write_table_atomic(table, storage.join(out_uri, FACES_FILE))
+    settings = search_settings(cfg)
+    age_index = knn.L1Index.build(columns["age_embedding"], settings, cfg.eval.knn_m)
+    age_index.save(storage.join(out_uri, "age_index"))
+    if with_gender_index:
+        knn.L1Index.build(columns["gender_embedding"], settings, cfg.eval.knn_m).save(storage.join(out_uri, "gender_index"))
+    content = hashlib.sha256(fingerprint.encode())
+    for name in ("age", "gender", "age_embedding", "gender_embedding"):
+        content.update(np.ascontiguousarray(columns[name]).tobytes())
+    manifest = {
+        "gallery_version": content.hexdigest()[:16],
+        "checkpoint": checkpoint_dir,
+        "model_fingerprint": fingerprint,
+        "source": source_uri,
+        "split": cfg.gallery.split,
+        "faces_embedded": faces_embedded,
+        "count": len(columns["image_id"]),
+        "prototypes_per_age": cfg.gallery.prototypes_per_age,
+        "age_embedding_dim": int(columns["age_embedding"].shape[1]),
+        "gender_embedding_dim": int(columns["gender_embedding"].shape[1]),
+        "gender_index": with_gender_index,
+        "distance": "l1",
+        "m": cfg.eval.knn_m,
+        "search": dataclasses.asdict(settings) | {"mode": age_index.mode},
+        "image_size": model_cfg.data.image_size,
+        "face_crop": model_cfg.data.face_crop,
+        "model_config": config_to_dict(model_cfg),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "build_seconds": round(time.time() - started, 1),
+    }
+    storage.write_bytes_atomic(storage.join(out_uri, MANIFEST_FILE), json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def read_gallery_manifest(gallery_uri: str) -> dict:
+    uri = storage.join(gallery_uri, MANIFEST_FILE)
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"{gallery_uri} is not a finished gallery (no {MANIFEST_FILE}); run `agejobs gallery build`")
+    return json.loads(storage.read_bytes(uri))
+
+
+def check_gallery_matches(manifest: dict, gallery_uri: str, checkpoint: str, fingerprint: str) -> None:
+    if manifest["model_fingerprint"] != fingerprint:
+        raise GalleryMismatchError(
+            f"gallery {gallery_uri} was embedded by checkpoint {manifest['checkpoint']} (model "
+            f"{manifest['model_fingerprint'][:12]}), but checkpoint {checkpoint} is model {fingerprint[:12]}: "
+            "its embeddings live in another space. Build a gallery with this checkpoint (`agejobs gallery build`)."
+        )
+
+
+def load_gallery(gallery_uri: str, checkpoint: str, fingerprint: str) -> Gallery:
+    """The gallery at `gallery_uri`, for the model with this fingerprint; any other is refused."""
+    import pyarrow.parquet as pq
+
+    manifest = read_gallery_manifest(gallery_uri)
+    check_gallery_matches(manifest, gallery_uri, checkpoint, fingerprint)
+    fs, path = storage.filesystem_for(storage.join(gallery_uri, FACES_FILE))
+    labels = pq.read_table(path, filesystem=fs, columns=["age", "gender"])
+    gender_index = knn.L1Index.load(storage.join(gallery_uri, "gender_index")) if manifest["gender_index"] else None
+    return Gallery(
+        gallery_uri, manifest, labels["age"].to_numpy(), labels["gender"].to_numpy(),
+        knn.L1Index.load(storage.join(gallery_uri, "age_index")), gender_index,
+    )

@@ -169,6 +169,27 @@ def list_files(uri: str) -> list[tuple[str, int]]:
     return sorted(files)
 
 
+def find_files(uri: str) -> list[tuple[str, int]]:
+    """(URI, size) of every file under a directory or prefix, at any depth, sorted by URI.
+
+    Hidden names (a path segment starting with '.') are left out: editors' and our own temporary
+    files. A prefix that does not exist is a StorageError naming it."""
+    fs, path = filesystem_for(uri)
+    root = path.rstrip("/")
+    try:
+        entries = fs.find(root, detail=True)
+    except OSError as error:
+        raise _named(uri, error) from error
+    if not entries and not fs.exists(root):
+        raise _named(uri, FileNotFoundError(path))
+    files = []
+    for name, entry in entries.items():
+        relative = name[len(root):].lstrip("/")
+        if entry.get("type", "file") == "file" and not any(part.startswith(".") for part in relative.split("/")):
+            files.append((uri_of(uri, name), int(entry.get("size") or 0)))
+    return sorted(files)
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write to a temporary sibling, then move it into place: readers never see half a file.
 

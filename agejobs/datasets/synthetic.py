@@ -204,3 +204,27 @@ def write_synthetic(out_dir: str, spec: SynthSpec, progress: bool = False) -> di
         "test": n_test,
         "subjects": spec.num_subjects,
     }
+
+
+def embedding_like_vectors(
+    rows: int, dim: int = 70, latent_dim: int = 8, noise: float = 0.05, seed: int = 0, manifold_seed: int = 0
+):
+    """(rows, dim) float32 vectors shaped like a trained embedding: a low-dimensional manifold
+    (a random linear image of `latent_dim` Gaussian factors, bent by a tanh) plus a little noise.
+
+    For benchmarking nearest-neighbour search at sizes no real gallery here reaches. An isotropic
+    Gaussian in 70 dimensions is the wrong stand-in: its distances concentrate, so "nearest"
+    means little and every approximate index looks broken on it."""
+    import numpy as np
+
+    # Galleries and queries drawn with different `seed`s share the manifold of `manifold_seed`.
+    projection = np.random.default_rng(manifold_seed).normal(size=(latent_dim, dim)).astype(np.float32)
+    projection /= np.sqrt(latent_dim)
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((rows, dim), dtype=np.float32)
+    for start in range(0, rows, 65536):  # bounded temporaries for million-row galleries
+        count = min(65536, rows - start)
+        latent = rng.normal(size=(count, latent_dim)).astype(np.float32)
+        block = np.tanh(latent @ projection) * 10
+        vectors[start : start + count] = block + noise * 10 * rng.normal(size=(count, dim)).astype(np.float32)
+    return vectors

@@ -1,0 +1,282 @@
+"""`agejobs score`: nightly batch scoring of an image archive against a gallery, resumable.
+
+    ARCHIVE: a prefix of loose images, or a pack (`agejobs pack`), local or s3://
+      -> input shards: a pack's own shards; loose files sorted by name, `score.shard_images` each
+      -> Ray Data: read row groups (tasks) -> DecodeFaces (actors) -> Embedder (actors, GPU if given)
+                   -> SearchGallery (actors, each loading the ScaNN index from the gallery directory)
+      -> driver: rows grouped by input shard; a complete shard is written, its done-marker last
+
+    OUT/RUN_ID/inputs.json                  the plan: source, kind, rows per shard    (written first)
+    OUT/RUN_ID/inputs.parquet               loose archives only: input_shard, image_id, path; one
+                                            row group per input shard
+    OUT/RUN_ID/shard-00000.parquet          input_shard, image_id, path, predicted_age, age_spread,
+                                            predicted_gender, gender_vote_share, model_version,
+                                            gallery_version, run_id, scored_at
+    OUT/RUN_ID/shard-00000.errors.parquet   input_shard, image_id, path, stage, reason
+    OUT/RUN_ID/shard-00000.parquet.done     {"rows_in", "scored", "errors"}            (LAST)
+    OUT/RUN_ID/run.json                     totals, once every shard is done
+
+Exactly once: a shard's files are written whole (atomically) only when all of its input rows have
+arrived, and it counts as done only once its marker exists. A killed run leaves whole shards and
+no marker-less half-shards that count; a rerun (same RUN_ID) skips done shards and redoes the
+rest, so each input lands in exactly one output or error row. The plan is fixed at the first run:
+a rerun scores the same archive snapshot even if files were added since.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agejobs import pack, storage
+from agejobs.config import Config
+from agejobs.data import DecodeFaces, read_row_groups
+from agejobs.datasets.manifest import write_table_atomic
+from agejobs.gallery import Embedder, check_gallery_matches, load_gallery, model_fingerprint, read_gallery_manifest
+from agejobs.train import read_checkpoint
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "inputs.json"
+INPUTS_FILE = "inputs.parquet"
+RUN_FILE = "run.json"
+STAGE_DECODE = "decode"
+PREDICTION_COLUMNS = ("predicted_age", "age_spread", "predicted_gender", "gender_vote_share")
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    source: str
+    kind: str  # "pack" | "loose"
+    files: list[str]  # per input shard: the Parquet file its rows are read from
+    row_groups: list[list[int]]  # per input shard: row groups of that file
+    shard_rows: list[int]
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shard_rows)
+
+
+def default_run_id() -> str:
+    """Nightly runs are named by their UTC date: rerunning the same night resumes the same run."""
+    return time.strftime("%Y-%m-%d", time.gmtime())
+
+
+def _row_group_rows(uri: str) -> list[int]:
+    fs, path = storage.filesystem_for(uri)
+    with fs.open(path, "rb") as handle:
+        metadata = pq.ParquetFile(handle).metadata
+    return [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)]
+
+
+def make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
+    """Input shards of an archive. Loose files are listed once and recorded in inputs.parquet."""
+    if pack.is_pack(source_uri):
+        files, groups, rows = [], [], []
+        for shard in pack.done_shards(source_uri):
+            per_group = _row_group_rows(shard)
+            files.append(shard)
+            groups.append(list(range(len(per_group))))
+            rows.append(sum(per_group))
+        return ScorePlan(source_uri, "pack", files, groups, rows)
+    if shard_images < 1:
+        raise ValueError(f"score.shard_images must be >= 1, got {shard_images}")
+    listing = [uri for uri, _ in storage.find_files(source_uri)]
+    if not listing:
+        raise ValueError(f"{source_uri}: no files to score")
+    prefix = source_uri.rstrip("/") + "/"
+    table = pa.table({
+        "input_shard": pa.array([index // shard_images for index in range(len(listing))], pa.int32()),
+        "image_id": pa.array([uri.removeprefix(prefix) for uri in listing]),
+        "path": pa.array(listing),
+    })
+    inputs_uri = storage.join(run_uri, INPUTS_FILE)
+    write_table_atomic(table, inputs_uri, row_group_size=shard_images)
+    shard_rows = [min(shard_images, len(listing) - start) for start in range(0, len(listing), shard_images)]
+    return ScorePlan(source_uri, "loose", [inputs_uri] * len(shard_rows), [[index] for index in range(len(shard_rows))], shard_rows)
+
+
+def load_or_make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
+    plan_uri = storage.join(run_uri, PLAN_FILE)
+    if storage.exists(plan_uri):
+        plan = ScorePlan(**json.loads(storage.read_bytes(plan_uri)))
+        if plan.source != source_uri:
+            raise ValueError(f"run {run_uri} scores {plan.source}, not {source_uri}: use another run id or output")
+        return plan
+    plan = make_plan(source_uri, run_uri, shard_images)
+    storage.write_bytes_atomic(plan_uri, json.dumps(plan.__dict__).encode())
+    return plan
+
+
+def output_uri(run_uri: str, index: int) -> str:
+    return storage.join(run_uri, storage.shard_name(index))
+
+
+def errors_uri(run_uri: str, index: int) -> str:
+    return storage.join(run_uri, storage.shard_name(index, ".errors.parquet"))
+
+
+def read_input_rows(batch: dict, columns: list[str]):
+    """Ray Data stage (a task): one {"shard", "row_group", "input_shard"} descriptor -> its rows."""
+    table = read_row_groups({"shard": batch["shard"], "row_group": batch["row_group"]}, columns)
+    shard = int(batch["input_shard"][0])
+    return table.append_column("input_shard", pa.array(np.full(len(table), shard, dtype=np.int32)))
+
+
+class SearchGallery:
+    """Ray Data stage: embeddings -> estimates from the gallery. Each actor loads the gallery
+    (ScaNN searchers do not pickle) for the model with this fingerprint, and only for it."""
+
+    def __init__(self, gallery_uri: str, checkpoint: str, fingerprint: str):
+        self.gallery = load_gallery(gallery_uri, checkpoint, fingerprint)
+
+    def __call__(self, batch: dict) -> dict:
+        ok = np.asarray(batch["error"]) == ""
+        out = {name: batch[name] for name in ("input_shard", "image_id", "path", "error")}
+        estimates = self.gallery.estimate(batch["age_embedding"][ok], batch["gender_embedding"][ok]) if ok.any() else {}
+        for name, dtype in zip(PREDICTION_COLUMNS, (np.float32, np.float32, np.int8, np.float32)):
+            column = np.full(len(ok), -1 if dtype == np.int8 else np.nan, dtype=dtype)
+            if ok.any():
+                column[ok] = estimates[name]
+            out[name] = column
+        return out
+
+
+class ShardWriter:
+    """Driver side: collects rows by input shard; writes a shard whole when all its rows are in."""
+
+    def __init__(self, run_uri: str, plan: ScorePlan, pending: list[int], stamp: dict, fail_after: int = 0):
+        self.run_uri, self.plan, self.stamp, self.fail_after = run_uri, plan, stamp, fail_after
+        self.parts: dict[int, dict[str, dict]] = {index: {} for index in pending}
+        self.written: list[int] = []
+        for index in pending:
+            if plan.shard_rows[index] == 0:
+                self._write(index)
+
+    def add(self, batch: dict) -> None:
+        shards = np.asarray(batch["input_shard"])
+        for index in np.unique(shards):
+            rows = self.parts.get(int(index))
+            if rows is None:
+                raise RuntimeError(f"rows of input shard {index} arrived, which this run did not ask for")
+            selected = shards == index
+            # Keyed by image_id: a row delivered twice (a retried task) is kept once.
+            for position in np.flatnonzero(selected):
+                rows[str(batch["image_id"][position])] = {name: batch[name][position] for name in batch}
+            if len(rows) == self.plan.shard_rows[int(index)]:
+                self._write(int(index))
+
+    def _write(self, index: int) -> None:
+        rows = list(self.parts.pop(index).values())
+        scored = [row for row in rows if row["error"] == ""]
+        failed = [row for row in rows if row["error"] != ""]
+        scored_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        predictions = pa.table({
+            "input_shard": pa.array([index] * len(scored), pa.int32()),
+            "image_id": pa.array([str(row["image_id"]) for row in scored], pa.string()),
+            "path": pa.array([str(row["path"]) for row in scored], pa.string()),
+            "predicted_age": pa.array([float(row["predicted_age"]) for row in scored], pa.float32()),
+            "age_spread": pa.array([float(row["age_spread"]) for row in scored], pa.float32()),
+            "predicted_gender": pa.array([int(row["predicted_gender"]) for row in scored], pa.int8()),
+            "gender_vote_share": pa.array([float(row["gender_vote_share"]) for row in scored], pa.float32()),
+            **{name: pa.array([value] * len(scored), pa.string()) for name, value in self.stamp.items()},
+            "scored_at": pa.array([scored_at] * len(scored), pa.string()),
+        })
+        errors = pa.table({
+            "input_shard": pa.array([index] * len(failed), pa.int32()),
+            "image_id": pa.array([str(row["image_id"]) for row in failed], pa.string()),
+            "path": pa.array([str(row["path"]) for row in failed], pa.string()),
+            "stage": pa.array([STAGE_DECODE] * len(failed), pa.string()),
+            "reason": pa.array([str(row["error"]) for row in failed], pa.string()),
+        })
+        write_table_atomic(errors, errors_uri(self.run_uri, index))
+        write_table_atomic(predictions, output_uri(self.run_uri, index))
+        counts = {"rows_in": len(rows), "scored": len(scored), "errors": len(failed)}
+        storage.mark_done(output_uri(self.run_uri, index), json.dumps(counts).encode())
+        self.written.append(index)
+        log.info("scored shard %d/%d: %s", index + 1, self.plan.num_shards, counts)
+        if self.fail_after and len(self.written) >= self.fail_after:
+            print(f"[score] fault drill: the driver exits after writing {len(self.written)} shards", flush=True)
+            os._exit(3)
+
+
+def shard_counts(run_uri: str, index: int) -> dict | None:
+    marker = storage.done_marker(output_uri(run_uri, index))
+    return json.loads(storage.read_bytes(marker)) if storage.exists(marker) else None
+
+
+def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, gallery_uri: str, cfg: Config) -> dict:
+    """Score every unfinished input shard of the archive; returns the run's totals."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    run_uri = storage.join(out_uri, run_id)
+    payload = read_checkpoint(checkpoint)
+    fingerprint = model_fingerprint(payload["model"])
+    image_size, face_crop = payload["config"]["data"]["image_size"], payload["config"]["data"]["face_crop"]
+    del payload
+    gallery_manifest = read_gallery_manifest(gallery_uri)
+    check_gallery_matches(gallery_manifest, gallery_uri, checkpoint, fingerprint)  # before any work
+    plan = load_or_make_plan(source_uri, run_uri, cfg.score.shard_images)
+    pending = [index for index in range(plan.num_shards) if shard_counts(run_uri, index) is None]
+    log.info("score %s -> %s: %d input shards, %d already done", source_uri, run_uri, plan.num_shards, plan.num_shards - len(pending))
+    stamp = {"model_version": fingerprint[:16], "gallery_version": gallery_manifest["gallery_version"], "run_id": run_id}
+    writer = ShardWriter(run_uri, plan, pending, stamp, cfg.score.fail_after_shards)
+    descriptors = [
+        {"shard": plan.files[index], "row_group": group, "input_shard": index}
+        for index in pending if plan.shard_rows[index] for group in plan.row_groups[index]
+    ]
+    if descriptors:
+        columns = ["image_id", "path"] + (["image_bytes"] if plan.kind == "pack" else [])
+        settings = cfg.score
+        ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors)).map_batches(
+            read_input_rows, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(size=settings.read_concurrency), num_cpus=0.25,
+        )
+        ds = ds.map_batches(
+            DecodeFaces, fn_constructor_kwargs={"image_size": image_size, "face_crop": face_crop},
+            batch_size=settings.batch_size, batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=settings.decode_concurrency), num_cpus=0.5,
+        )
+        ds = ds.map_batches(
+            Embedder, fn_constructor_kwargs={"checkpoint_dir": checkpoint, "torch_threads": settings.embed_torch_threads},
+            batch_size=settings.batch_size, batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=settings.embed_concurrency),
+            num_cpus=0 if settings.embed_gpus else 1, num_gpus=settings.embed_gpus,
+        )
+        ds = ds.map_batches(
+            SearchGallery, fn_constructor_kwargs={"gallery_uri": gallery_uri, "checkpoint": checkpoint, "fingerprint": fingerprint},
+            batch_size=settings.batch_size, batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=settings.search_concurrency), num_cpus=0.5,
+        )
+        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+            writer.add(batch)
+    if writer.parts:
+        missing = sorted(writer.parts)
+        raise RuntimeError(f"run {run_uri}: input shards {missing[:5]} did not receive all their rows")
+    counts = [shard_counts(run_uri, index) for index in range(plan.num_shards)]
+    totals = {key: sum(c[key] for c in counts) for key in ("rows_in", "scored", "errors")}
+    summary = {
+        "run_id": run_id, "source": source_uri, "shards": plan.num_shards, "shards_skipped": plan.num_shards - len(pending),
+        "shards_written": len(writer.written), **totals, **stamp,
+    }
+    storage.write_bytes_atomic(storage.join(run_uri, RUN_FILE), json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def read_scored(run_uri: str) -> tuple[pa.Table, pa.Table]:
+    """(predictions, errors) of a finished run, every shard."""
+    summary = json.loads(storage.read_bytes(storage.join(run_uri, RUN_FILE)))
+    predictions, errors = [], []
+    for index in range(summary["shards"]):
+        for uris, parts in ((output_uri(run_uri, index), predictions), (errors_uri(run_uri, index), errors)):
+            fs, path = storage.filesystem_for(uris)
+            parts.append(pq.read_table(path, filesystem=fs))
+    return pa.concat_tables(predictions), pa.concat_tables(errors)

@@ -1,0 +1,139 @@
+"""Gallery build and nightly scoring, on Ray, tiny: refusal of a foreign model, kill + rerun exactly
+once, corrupt images as error rows, evaluate on scored output."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from agejobs.config import load_config
+from agejobs.datasets.synthetic import SynthSpec, write_synthetic
+from agejobs.gallery import GalleryMismatchError, build_gallery, load_gallery, read_gallery_manifest
+from agejobs.model import build_model_from_config
+from agejobs.ray_runtime import ray_session
+from agejobs.score import read_scored, score_archive
+from agejobs.train import TrainState, make_optimizer, save_checkpoint
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = [
+    "model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=32", "eval.knn_m=5",
+    "eval.embed_batch_size=16", "score.batch_size=16", "ray.num_cpus=4",
+]
+
+
+def make_checkpoint(directory, seed):
+    """An untrained model saved as a training checkpoint: its embeddings are as deterministic
+    as a trained one's, which is all gallery and scoring mechanics need."""
+    cfg = load_config(None, OVERRIDES + [f"train.seed={seed}"])
+    torch.manual_seed(seed)
+    model = build_model_from_config(cfg.model, "siamese", cfg.train.max_age)
+    os.makedirs(directory)
+    save_checkpoint(str(directory), model, make_optimizer(model.parameters(), cfg.optim), TrainState(), cfg)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("score")
+    write_synthetic(str(root / "faces"), SynthSpec(num_subjects=14, images_per_subject=3, image_size=40, seed=1))
+    cfg = load_config(None, OVERRIDES)
+    checkpoint = make_checkpoint(root / "ck-a", seed=1)
+    with ray_session(num_cpus=4):
+        manifest = build_gallery(checkpoint, str(root / "faces" / "manifest.parquet"), str(root / "gallery"), cfg)
+    return {"root": root, "cfg": cfg, "checkpoint": checkpoint, "gallery": str(root / "gallery"), "manifest": manifest}
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "agejobs", *args], capture_output=True, text=True, timeout=600)
+
+
+def score_args(world, archive, out, *extra):
+    return ["score", "--checkpoint", world["checkpoint"], "--gallery", world["gallery"], "--archive", str(archive),
+            "--out", str(out), "--run-id", "2026-11-22", *OVERRIDES, *extra]
+
+
+def test_gallery_manifest_describes_what_was_built(world):
+    manifest = read_gallery_manifest(world["gallery"])
+    train_rows = pq.read_table(world["root"] / "faces" / "manifest.parquet").to_pandas().query("split == 'train'")
+    assert manifest["count"] == manifest["faces_embedded"] == len(train_rows)
+    assert manifest["age_embedding_dim"] == 70 and manifest["gender_embedding_dim"] == 10
+    assert manifest["distance"] == "l1" and manifest["search"]["mode"] == "brute_force"
+    assert manifest["checkpoint"] == world["checkpoint"] and len(manifest["model_fingerprint"]) == 64
+
+
+def test_gallery_built_by_one_checkpoint_is_refused_by_another(world, tmp_path):
+    other = make_checkpoint(tmp_path / "ck-b", seed=2)
+    with pytest.raises(GalleryMismatchError, match="ck-a.*ck-b"):
+        with ray_session(num_cpus=4):
+            score_archive(str(world["root"] / "faces" / "images"), str(tmp_path / "out"), "r", other, world["gallery"], world["cfg"])
+    assert not (tmp_path / "out").exists()  # refused before any work
+    done = run_cli(*score_args({**world, "checkpoint": other}, world["root"] / "faces" / "images", tmp_path / "out"))
+    assert done.returncode == 2
+    assert "was embedded by checkpoint" in done.stderr and "Build a gallery with this checkpoint" in done.stderr
+    # The matching model loads it.
+    assert load_gallery(world["gallery"], world["checkpoint"], world["manifest"]["model_fingerprint"]).ages.size
+
+
+def test_killed_scoring_run_rerun_holds_each_input_exactly_once(world, tmp_path):
+    archive = world["root"] / "faces" / "images"
+    inputs = sorted(str(archive / name) for name in os.listdir(archive))
+    out = tmp_path / "out"
+    killed = run_cli(*score_args(world, archive, out, "score.shard_images=8", "score.fail_after_shards=2"))
+    assert killed.returncode == 3, killed.stderr[-2000:]
+    run_dir = out / "2026-11-22"
+    assert len(list(run_dir.glob("shard-*.parquet.done"))) == 2 and not (run_dir / "run.json").exists()
+
+    rerun = run_cli(*score_args(world, archive, out, "score.shard_images=8"))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert summary["shards"] == 6 and summary["shards_skipped"] == 2 and summary["shards_written"] == 4
+    predictions, errors = read_scored(str(run_dir))
+    paths = predictions["path"].to_pylist() + errors["path"].to_pylist()
+    assert sorted(paths) == inputs  # every input once: no duplicates, no gaps
+    assert errors.num_rows == 0 and summary["rows_in"] == len(inputs)
+    stamps = set(zip(predictions["model_version"].to_pylist(), predictions["gallery_version"].to_pylist()))
+    assert stamps == {(world["manifest"]["model_fingerprint"][:16], world["manifest"]["gallery_version"])}
+
+    before = {path: path.stat().st_mtime_ns for path in run_dir.glob("shard-*")}
+    again = run_cli(*score_args(world, archive, out, "score.shard_images=8"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["shards_written"] == 0
+    assert {path: path.stat().st_mtime_ns for path in run_dir.glob("shard-*")} == before  # nothing rewritten
+
+
+def test_corrupt_images_become_error_rows_and_every_other_input_is_scored(world, tmp_path):
+    archive = tmp_path / "archive"
+    shutil.copytree(world["root"] / "faces" / "images", archive / "good")
+    bad = {"bad/truncated.jpg": (world["root"] / "faces" / "images").glob("*.jpg").__next__().read_bytes()[:300],
+           "bad/empty.jpg": b"", "bad/notes.txt": b"not an image", "bad/page.jpg": b"<html>503 Slow Down</html>"}
+    for name, data in bad.items():
+        (archive / name).parent.mkdir(exist_ok=True)
+        (archive / name).write_bytes(data)
+    with ray_session(num_cpus=4):
+        summary = score_archive(str(archive), str(tmp_path / "out"), "night", world["checkpoint"], world["gallery"], world["cfg"])
+    predictions, errors = read_scored(str(tmp_path / "out" / "night"))
+    good = sorted(str(path) for path in (archive / "good").iterdir())
+    assert sorted(predictions["path"].to_pylist()) == good
+    assert sorted(errors["image_id"].to_pylist()) == sorted(bad)
+    for path, reason in zip(errors["path"].to_pylist(), errors["reason"].to_pylist()):
+        assert reason.startswith(path), reason  # each reason names its input
+    assert summary["rows_in"] == len(good) + len(bad) == summary["scored"] + summary["errors"]
+    assert predictions["predicted_age"].null_count == 0 and min(predictions["predicted_age"].to_pylist()) > 0
+    assert set(predictions["predicted_gender"].to_pylist()) <= {0, 1}
+
+
+def test_evaluate_on_scored_output_joined_with_labels(world, tmp_path):
+    archive = world["root"] / "faces" / "images"
+    assert run_cli(*score_args(world, archive, tmp_path / "out")).returncode == 0
+    done = run_cli("evaluate", "--scored", str(tmp_path / "out" / "2026-11-22"),
+                   "--labels", str(world["root"] / "faces" / "manifest.parquet"), "--workdir", str(tmp_path / "eval"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["methods"][0]["n"] == len(os.listdir(archive)) == report["labelled_rows"]
+    assert (tmp_path / "eval" / "plots" / "cs_curve.png").exists()
