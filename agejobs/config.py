@@ -140,8 +140,10 @@ class GalleryConfig:
     # "auto": ScaNN brute-force L1 up to brute_force_max faces, approximate + exact re-rank above.
     search: str = "auto"
     brute_force_max: int = 100_000
-    candidates: int = 200  # k' re-ranked by exact L1; choose it by measured recall (bench/bench_gallery_search.py)
-    reorder: int = 1000
+    # Approximate mode: k' candidates re-ranked by exact L1 and the partitions searched per query.
+    # Defaults measured by bench/bench_gallery_search.py (knn.tune_approximate) on 1M x 70.
+    candidates: int = 200
+    reorder: int = 0  # ScaNN's squared-L2 re-order depth; 0 = 2 k'
     num_leaves: int = 0  # 0 = about sqrt(gallery size)
     leaves_to_search: int = 0  # 0 = num_leaves / 10
     # Condensation: 0 keeps every face; K > 0 keeps at most K prototypes per age (k-means).

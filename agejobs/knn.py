@@ -40,10 +40,22 @@ class SearchSettings:
     mode: str = "auto"  # exact | brute_force | approximate | auto
     brute_force_max: int = 100_000
     candidates: int = 200  # k': approximate candidates re-ranked by exact L1
-    reorder: int = 1000  # ScaNN's own squared-L2 re-order depth before k' are taken (>= k')
+    reorder: int = 0  # ScaNN's own squared-L2 re-order depth before k' are taken; 0 = 2 k'
     num_leaves: int = 0  # 0 = about sqrt(rows)
     leaves_to_search: int = 0  # 0 = num_leaves / 10
     training_sample: int = 100_000
+
+    def query_options(self, rows: int) -> dict:
+        """ScaNN's per-query knobs: tunable after the build (`tune_approximate`)."""
+        leaves = self.leaves(rows)
+        return {
+            "final_num_neighbors": self.candidates,
+            "pre_reorder_num_neighbors": max(self.reorder or 2 * self.candidates, self.candidates),
+            "leaves_to_search": min(self.leaves_to_search or max(leaves // 10, 1), leaves),
+        }
+
+    def leaves(self, rows: int) -> int:
+        return min(self.num_leaves or max(int(math.sqrt(rows)), 1), rows)
 
     def resolved_mode(self, rows: int) -> str:
         if self.mode == "auto":
@@ -142,14 +154,14 @@ def _l1_brute_force_searcher(embeddings: np.ndarray, m: int):
 
 def _approximate_searcher(embeddings: np.ndarray, settings: SearchSettings):
     rows = len(embeddings)
-    leaves = settings.num_leaves or max(int(math.sqrt(rows)), 1)
-    to_search = settings.leaves_to_search or max(leaves // 10, 1)
-    builder = _scann_builder(embeddings, max(settings.candidates, settings.reorder)).tree(
-        num_leaves=leaves, num_leaves_to_search=to_search, training_sample_size=min(rows, settings.training_sample)
+    options = settings.query_options(rows)
+    builder = _scann_builder(embeddings, options["final_num_neighbors"]).tree(
+        num_leaves=settings.leaves(rows), num_leaves_to_search=options["leaves_to_search"],
+        training_sample_size=min(rows, settings.training_sample),
     )
     # Anisotropic hashing scores candidates cheaply; ScaNN's own exact re-order (in squared L2)
-    # sharpens the k' list before our exact L1 pass.
-    return builder.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(max(settings.candidates, settings.reorder)).build()
+    # sharpens the k' list before our exact L1 pass. Both depths are per-query options.
+    return builder.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(options["pre_reorder_num_neighbors"]).build()
 
 
 class L1Index:
@@ -182,7 +194,10 @@ class L1Index:
         if self.mode == "brute_force":
             indices, distances = self.searcher.search_batched(queries, final_num_neighbors=m)
             return np.asarray(distances, dtype=np.float32), np.asarray(indices, dtype=np.int64)
-        candidates, _ = self.searcher.search_batched(queries, final_num_neighbors=max(self.settings.candidates, m))
+        options = self.settings.query_options(len(self.embeddings))
+        options["final_num_neighbors"] = max(options["final_num_neighbors"], m)
+        options["pre_reorder_num_neighbors"] = max(options["pre_reorder_num_neighbors"], options["final_num_neighbors"])
+        candidates, _ = self.searcher.search_batched(queries, **options)
         return l1_rerank(queries, self.embeddings, candidates, m)
 
     def save(self, directory: str) -> None:
@@ -232,23 +247,41 @@ def _local_copy(uri: str):
     return io.BytesIO(storage.read_bytes(uri))
 
 
-def choose_candidates(
-    embeddings: np.ndarray, queries: np.ndarray, m: int, target_recall: float, settings: SearchSettings,
-    options: tuple[int, ...] = (50, 100, 200, 400, 800),
-) -> tuple[int, dict[int, float]]:
-    """The smallest k' whose recall@M against exact L1 reaches `target_recall` on these queries.
+def tune_approximate(
+    index: "L1Index",
+    queries: np.ndarray,
+    target_recall: float,
+    leaves_options: tuple[int, ...] = (),
+    candidate_options: tuple[int, ...] = (20, 50, 100, 200, 400, 800),
+) -> tuple[SearchSettings, list[dict]]:
+    """The fastest (leaves_to_search, k') of an approximate index whose recall@M against exact L1
+    reaches `target_recall` on these queries, measured; ScaNN takes both per query, so one build
+    serves the whole grid. Returns (settings, every measured point); the index keeps its own
+    settings. The largest point tried if none reaches the target."""
+    import time
 
-    Returns (k', recall by k'); the largest option if none reaches the target."""
-    _, exact = exact_l1_knn(queries, embeddings, m)
-    largest = max(options)
-    if largest > settings.reorder:
-        raise ValueError(f"k' options up to {largest} exceed the re-order depth {settings.reorder}")
-    searcher = _approximate_searcher(np.ascontiguousarray(embeddings, dtype=np.float32), settings)
-    recalls = {}
-    for k in sorted(options):
-        candidates, _ = searcher.search_batched(np.ascontiguousarray(queries, dtype=np.float32), final_num_neighbors=k)
-        _, found = l1_rerank(queries, embeddings, candidates, m)
-        recalls[k] = recall_at_m(found, exact)
-        if recalls[k] >= target_recall:
-            return k, recalls
-    return largest, recalls
+    if index.mode != "approximate":
+        raise ValueError(f"only an approximate index has settings to tune, not {index.mode!r}")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    _, exact = exact_l1_knn(queries, index.embeddings, index.m)
+    leaves = index.settings.leaves(len(index.embeddings))
+    leaves_options = leaves_options or tuple(sorted({max(leaves // d, 1) for d in (100, 50, 25, 10, 5, 2)}))
+    points, best, saved = [], None, index.settings
+    try:
+        for leaves_to_search in leaves_options:
+            for candidates in (k for k in candidate_options if k >= index.m):
+                index.settings = dataclasses.replace(saved, leaves_to_search=leaves_to_search, candidates=candidates)
+                started = time.perf_counter()
+                _, found = index.search(queries)
+                qps = len(queries) / (time.perf_counter() - started)
+                point = {"leaves_to_search": leaves_to_search, "candidates": candidates,
+                         "recall": recall_at_m(found, exact), "qps": qps}
+                points.append(point)
+                if point["recall"] >= target_recall:
+                    if best is None or qps > best["qps"]:
+                        best = point
+                    break  # more candidates at these leaves only cost time
+    finally:
+        index.settings = saved
+    chosen = best or points[-1]
+    return dataclasses.replace(saved, leaves_to_search=chosen["leaves_to_search"], candidates=chosen["candidates"]), points

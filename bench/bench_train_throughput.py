@@ -6,7 +6,9 @@ Both train the same model (MobileNetV2 at --size px, random init) with the same 
 optimizer and global batch on the SAME pre-decoded uint8 tensors (synthetic faces, decoded once
 up front), so the comparison is the cost of the distributed machinery: Ray Data streaming the
 tensors into the workers (get_dataset_shard / iter_torch_batches), the embedding gather and DDP.
-Equal total cores: the plain loop gets as many torch threads as the workers together.
+Equal total cores: the plain loop gets as many torch threads as the workers together. A third
+row runs the same DDP step in plain processes (torch.multiprocessing, gloo, no Ray), which splits
+the gap into what data parallelism costs and what Ray adds.
 Throughput = images/s of the last epoch (the first includes start-up). Prints a table, writes
 bench/results/train_throughput.json.
 """
@@ -82,6 +84,63 @@ def plain_loop(args, images, ages, genders) -> float:
     return rate
 
 
+def _ddp_worker(rank, args, port, images, ages, genders, out_path):
+    import os as _os
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from agejobs.data import to_model_input
+    from agejobs.model import build_model_from_config
+    from agejobs.train import make_optimizer, siamese_loss
+
+    _os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=args.workers)
+    torch.set_num_threads(1)
+    cfg = bench_config(args, args.workers)
+    torch.manual_seed(0)
+    model = DistributedDataParallel(build_model_from_config(cfg.model, "siamese", cfg.train.max_age))
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    images_t, ages_t, genders_t = torch.from_numpy(images), torch.from_numpy(ages), torch.from_numpy(genders)
+    local = args.batch // args.workers
+    rate = 0.0
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(images_t), generator=torch.Generator().manual_seed(epoch))
+        started, seen = time.perf_counter(), 0
+        for start in range(0, len(order) - args.batch + 1, args.batch):
+            index = order[start + rank * local : start + (rank + 1) * local]
+            outputs = model(to_model_input(images_t[index]))
+            loss, _ = siamese_loss(outputs, ages_t[index], genders_t[index], cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += args.batch
+        rate = seen / (time.perf_counter() - started)
+    if rank == 0:
+        with open(out_path, "w") as handle:
+            handle.write(str(rate))
+    dist.destroy_process_group()
+
+
+def plain_ddp(args, images, ages, genders) -> float:
+    """The same data-parallel step (DDP over gloo, the global-batch pair loss) in `workers` plain
+    processes, without Ray: separates the cost of data parallelism from the cost of Ray."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as directory:
+        out_path = os.path.join(directory, "rate")
+        mp.start_processes(_ddp_worker, args=(args, port, images, ages, genders, out_path), nprocs=args.workers,
+                           start_method="spawn")
+        with open(out_path) as handle:
+            return float(handle.read())
+
+
 def ray_train(args, images, ages, genders) -> float:
     import numpy as np
     import ray
@@ -117,19 +176,24 @@ def main() -> int:
     args = parser.parse_args()
     images, ages, genders = decoded_faces(args.images, args.size)
     plain = plain_loop(args, images, ages, genders)
+    ddp = plain_ddp(args, images, ages, genders)
     distributed = ray_train(args, images, ages, genders)
     results = {
         "machine": f"{platform.node()} ({os.cpu_count()} cores)",
         "settings": settings(args),
         "plain_images_per_s": plain,
+        "ddp_images_per_s": ddp,
         "ray_images_per_s": distributed,
+        "ddp_ratio": ddp / plain,
         "ratio": distributed / plain,
     }
     write_results(args.out, results)
     print(f"\ntraining throughput, MobileNetV2 {args.size}px, global batch {args.batch}, last of {args.epochs} epochs ({results['machine']})")
     print(f"{'setup':<44} {'images/s':>9}")
     print(f"{'plain torch loop, 1 process x ' + str(args.workers) + ' threads':<44} {plain:>9.1f}")
+    print(f"{'torch DDP, ' + str(args.workers) + ' processes x 1 thread (gloo), no Ray':<44} {ddp:>9.1f}")
     print(f"{'Ray Data -> Ray Train, ' + str(args.workers) + ' workers x 1 thread (gloo)':<44} {distributed:>9.1f}")
+    print(f"ratio DDP without Ray / plain: {results['ddp_ratio']:.2f}")
     print(f"ratio Ray / plain: {results['ratio']:.2f} (goal >= 0.9)")
     print(f"wrote {args.out}")
     return 0

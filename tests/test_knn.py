@@ -92,10 +92,11 @@ def test_scann_brute_force_l1_equals_numpy_exact_top_m():
 def test_approximate_search_reaches_the_configured_recall():
     reference = clustered(20000)
     tuning, held_out = clustered(300, seed=2), clustered(300, seed=3)
-    settings = knn.SearchSettings(mode="approximate", num_leaves=140, leaves_to_search=14, reorder=400)
-    chosen, recalls = knn.choose_candidates(reference, tuning, 20, 0.98, settings, options=(20, 50, 100, 200, 400))
-    assert recalls[chosen] >= 0.98, recalls
-    index = knn.L1Index.build(reference, knn.SearchSettings(**{**settings.__dict__, "candidates": chosen}), m=20)
+    index = knn.L1Index.build(reference, knn.SearchSettings(mode="approximate", num_leaves=140), m=20)
+    chosen, points = knn.tune_approximate(index, tuning, 0.98)
+    assert max(p["recall"] for p in points if (p["leaves_to_search"], p["candidates"]) == (chosen.leaves_to_search, chosen.candidates)) >= 0.98
+    assert chosen.leaves_to_search < 140  # it did not have to search everything
+    index.settings = chosen
     distances, found = index.search(held_out)
     exact_distances, exact = knn.exact_l1_knn(held_out, reference, 20)
     assert knn.recall_at_m(found, exact) >= 0.97  # held-out queries: the tuned k' generalises
@@ -115,7 +116,7 @@ def test_rerank_ignores_padding_and_repeated_candidates():
 @pytest.mark.parametrize("mode", ["exact", "brute_force", "approximate"])
 def test_saved_index_loads_and_searches_the_same(tmp_path, mode):
     reference, queries = clustered(2000), clustered(20, seed=5)
-    index = knn.L1Index.build(reference, knn.SearchSettings(mode=mode, num_leaves=40, reorder=200, candidates=100), m=5)
+    index = knn.L1Index.build(reference, knn.SearchSettings(mode=mode, num_leaves=40, candidates=100), m=5)
     index.save(str(tmp_path / "index"))
     loaded = knn.L1Index.load(str(tmp_path / "index"))
     assert loaded.mode == mode

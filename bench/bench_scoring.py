@@ -1,0 +1,142 @@
+"""Batch scoring: `agejobs score` (Ray Data) vs a plain torch embed-and-search loop, and peak RSS
+when the archive is 10x larger.
+
+    python bench/bench_scoring.py                    # 2,000 and 20,000 faces, 64 px, 2 cores
+
+Setup: synthetic faces written as loose JPEGs (the nightly archive), an untrained MobileNetV2 at
+--size px saved as a checkpoint (throughput does not depend on the weights' values), and a
+gallery built from 1,000 other faces with it.
+  plain   one process, --threads torch threads: list the files, read, preprocess (the same
+          images.preprocess_encoded), embed in batches, Gallery.estimate; nothing written
+  ray     agejobs.score.score_archive into a fresh run: read tasks -> DecodeFaces -> Embedder
+          -> SearchGallery actors -> sharded Parquet with done-markers
+Throughput = faces / wall seconds of the scoring call (Ray already started, as on a cluster).
+Peak RSS = the driver and every Ray process, sampled every 0.2 s, for the 1x and 10x archives.
+Prints a table and writes bench/results/scoring.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+from common import PeakRss, settings, write_results
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def overrides(args) -> list[str]:
+    return [
+        "model.backbone=mobilenet_v2", "model.weights=", f"data.image_size={args.size}",
+        f"score.batch_size={args.batch}", f"eval.embed_batch_size={args.batch}", "score.shard_images=1000",
+        f"score.embed_concurrency={args.embed_actors}", "score.decode_concurrency=1", "score.search_concurrency=1",
+        f"ray.num_cpus={args.num_cpus}",
+    ]
+
+
+def make_checkpoint(directory: str, cfg) -> str:
+    import torch
+
+    from agejobs.model import build_model_from_config
+    from agejobs.train import TrainState, make_optimizer, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model_from_config(cfg.model, "siamese", cfg.train.max_age)
+    os.makedirs(directory, exist_ok=True)
+    save_checkpoint(directory, model, make_optimizer(model.parameters(), cfg.optim), TrainState(), cfg)
+    return directory
+
+
+def plain_loop(archive: str, checkpoint: str, gallery_uri: str, batch: int, threads: int) -> float:
+    import numpy as np
+    import torch
+
+    from agejobs import storage
+    from agejobs.data import to_model_input
+    from agejobs.gallery import load_gallery, load_trained_model
+    from agejobs.images import preprocess_encoded
+
+    torch.set_num_threads(threads)
+    trained = load_trained_model(checkpoint)
+    gallery = load_gallery(gallery_uri, checkpoint, trained.fingerprint)
+    size = trained.cfg.data.image_size
+    started = time.perf_counter()
+    paths = [uri for uri, _ in storage.find_files(archive)]
+    scored = 0
+    for start in range(0, len(paths), batch):
+        images = np.stack([preprocess_encoded(storage.read_bytes(p), size, False, p) for p in paths[start : start + batch]])
+        with torch.inference_mode():
+            outputs = trained.model(to_model_input(torch.from_numpy(images)))
+        estimates = gallery.estimate(outputs["age"].float().numpy(), outputs["gender"].float().numpy())
+        scored += len(estimates["predicted_age"])
+    return scored / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--faces", type=int, default=2000)
+    parser.add_argument("--scale", type=int, default=10, help="the larger archive is this many times bigger")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the plain loop (= cores)")
+    parser.add_argument("--embed-actors", type=int, default=2, help="1-thread embedding actors of the Ray run")
+    parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray instance")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "scoring.json"))
+    args = parser.parse_args()
+
+    from agejobs.config import load_config
+    from agejobs.datasets.synthetic import SynthSpec, write_synthetic
+    from agejobs.gallery import build_gallery
+    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.score import score_archive
+
+    cfg = load_config(None, overrides(args))
+    results = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args)}
+    with tempfile.TemporaryDirectory(prefix="bench-scoring-") as root:
+        def synth(name, faces, seed):
+            spec = SynthSpec(num_subjects=faces // 4, images_per_subject=4, image_size=max(args.size, 64), seed=seed,
+                             test_fraction=0.0)
+            write_synthetic(os.path.join(root, name), spec)
+            return os.path.join(root, name)
+
+        reference = synth("reference", 1000, 1)
+        small = os.path.join(synth("small", args.faces, 2), "images")
+        large = os.path.join(synth("large", args.faces * args.scale, 3), "images")
+        checkpoint = make_checkpoint(os.path.join(root, "checkpoint"), cfg)
+        with ray_session(num_cpus=args.num_cpus):
+            quiet_ray_data()
+            build_gallery(checkpoint, os.path.join(reference, "manifest.parquet"), os.path.join(root, "gallery"), cfg)
+            plain = plain_loop(small, checkpoint, os.path.join(root, "gallery"), args.batch, args.threads)
+            print(f"plain loop: {plain:.1f} faces/s", flush=True)
+            runs = {}
+            for name, archive in (("1x", small), (f"{args.scale}x", large)):
+                with PeakRss(tree=True) as rss:
+                    started = time.perf_counter()
+                    summary = score_archive(archive, os.path.join(root, "scored"), name, checkpoint,
+                                            os.path.join(root, "gallery"), cfg)
+                    seconds = time.perf_counter() - started
+                runs[name] = {"faces": summary["rows_in"], "seconds": seconds, "faces_per_s": summary["rows_in"] / seconds,
+                              "peak_rss_mib": rss.peak / 2**20, "driver_peak_mib": rss.driver_peak / 2**20,
+                              "processes_at_peak": rss.processes_at_peak}
+                print(name, runs[name], flush=True)
+    large_name = f"{args.scale}x"
+    results.update(plain_faces_per_s=plain, ray=runs, ratio=runs["1x"]["faces_per_s"] / plain,
+                   rss_ratio=runs[large_name]["peak_rss_mib"] / runs["1x"]["peak_rss_mib"])
+    write_results(args.out, results)
+    print(f"\nbatch scoring, MobileNetV2 {args.size}px, batch {args.batch} ({results['machine']})")
+    print(f"{'setup':<46} {'faces':>7} {'faces/s':>8} {'peak RSS MiB':>13}")
+    print(f"{'plain loop, 1 process x ' + str(args.threads) + ' threads':<46} {args.faces:>7} {plain:>8.1f} {'':>13}")
+    for name, run in runs.items():
+        print(f"{'agejobs score (Ray Data), ' + name + ' archive':<46} {run['faces']:>7} {run['faces_per_s']:>8.1f} {run['peak_rss_mib']:>13.0f}")
+    print(f"ratio score / plain: {results['ratio']:.2f} (goal >= 0.85)")
+    print(f"peak RSS {large_name} / 1x archive: {results['rss_ratio']:.2f} (goal <= 1.2)")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
