@@ -38,7 +38,25 @@ def _load(args) -> "Config":  # noqa: F821
 
     cfg = with_absolute_paths(load_config(args.config, args.overrides))
     storage.configure(cfg.storage)
+    if cfg.ray.metrics_port:
+        _serve_metrics(cfg.ray.metrics_port)
     return cfg
+
+
+def _serve_metrics(port: int) -> None:
+    """This process's agejobs_* metrics (the ones recorded without Ray) on http://0.0.0.0:port/."""
+    from agejobs import metrics
+
+    metrics.serve(port)
+    print(f"metrics: http://0.0.0.0:{port}/metrics", flush=True)
+
+
+def _ray_for(cfg):
+    """Ray for a command: the configured cluster, or a private local instance whose metrics agent
+    listens on ray.metrics_export_port."""
+    from agejobs.ray_runtime import ray_session
+
+    return ray_session(cfg.ray.address, cfg.ray.num_cpus, metrics_export_port=cfg.ray.metrics_export_port)
 
 
 def main_synth(args) -> int:
@@ -88,10 +106,10 @@ def _run_experiment(args) -> int:
     if getattr(args, "storage", "local") == "s3":
         return _run_demo_on_local_s3(args)
     from agejobs.experiment import run_experiment
-    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.ray_runtime import quiet_ray_data
 
     cfg = _load(args)
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+    with _ray_for(cfg):
         quiet_ray_data()
         report = run_experiment(cfg, args.workdir)
     return _print_experiment(report)
@@ -109,7 +127,7 @@ def _run_demo_on_local_s3(args) -> int:
 
     from agejobs import storage
     from agejobs.experiment import run_experiment
-    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.ray_runtime import quiet_ray_data
     from agejobs.s3_local import LocalS3
 
     local_workdir = os.path.abspath(args.workdir)
@@ -119,7 +137,7 @@ def _run_demo_on_local_s3(args) -> int:
         cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, pack=True))
         endpoint.create_bucket(DEMO_BUCKET)
         remote_workdir = f"s3://{DEMO_BUCKET}/{os.path.basename(local_workdir.rstrip('/')) or 'demo'}"
-        with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+        with _ray_for(cfg):
             quiet_ray_data()
             report = run_experiment(cfg, remote_workdir)
         fs, remote_path = storage.filesystem_for(remote_workdir)
@@ -153,7 +171,7 @@ def _workdir(uri: str) -> str:
 def main_train(args) -> int:
     from agejobs import storage
     from agejobs.config import config_to_yaml
-    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.ray_runtime import quiet_ray_data
     from agejobs.train import run_training
 
     cfg = _load(args)
@@ -161,7 +179,7 @@ def main_train(args) -> int:
     storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
     path = cfg.train.storage_path
     checkpoints = path if storage.is_remote(path) or os.path.isabs(path) else storage.join(workdir, path)
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+    with _ray_for(cfg):
         quiet_ray_data()
         outcome = run_training(cfg, args.manifest, args.name or cfg.train.method, checkpoints)
     _print_json({"checkpoint": outcome.checkpoint_path, **{k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}})
@@ -170,10 +188,10 @@ def main_train(args) -> int:
 
 def main_gallery_build(args) -> int:
     from agejobs.gallery import build_gallery
-    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.ray_runtime import quiet_ray_data
 
     cfg = _load(args)
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+    with _ray_for(cfg):
         quiet_ray_data()
         manifest = build_gallery(args.checkpoint, args.source, _workdir(args.out), cfg)
     keys = ("gallery_version", "count", "faces_embedded", "age_embedding_dim", "gender_index", "distance", "search", "build_seconds")
@@ -182,11 +200,11 @@ def main_gallery_build(args) -> int:
 
 
 def main_score(args) -> int:
-    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.ray_runtime import quiet_ray_data
     from agejobs.score import default_run_id, score_archive
 
     cfg = _load(args)
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+    with _ray_for(cfg):
         quiet_ray_data()
         summary = score_archive(
             args.archive, _workdir(args.out), args.run_id or default_run_id(), args.checkpoint, args.gallery, cfg
@@ -203,12 +221,12 @@ def main_evaluate(args) -> int:
     from agejobs import evaluate, storage
     from agejobs.experiment import SIAMESE, direct_report, knn_reports
     from agejobs.gallery import load_trained_model
-    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.ray_runtime import quiet_ray_data
 
     cfg = load_trained_model(args.checkpoint).cfg
     workdir = _workdir(args.workdir)
     plots_dir = storage.join(workdir, "plots")
-    with ray_session(cfg.ray.address, cfg.ray.num_cpus):
+    with _ray_for(cfg):
         quiet_ray_data()
         if cfg.train.method == "siamese":
             reports = knn_reports(SIAMESE, args.checkpoint, args.manifest, cfg, plots_dir)
@@ -255,6 +273,8 @@ def _evaluate_scored(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agejobs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="serve this process's agejobs_* metrics (prometheus_client) on this port")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_config(sub, default=None, required=False):
@@ -348,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     from agejobs.storage import StorageError  # light: fsspec only
 
     args = build_parser().parse_args(argv)
+    if args.metrics_port:
+        _serve_metrics(args.metrics_port)
     # Our own progress and counts (pack shards, verify, rejected rows) at INFO; libraries stay quiet.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     logging.getLogger("agejobs").setLevel(logging.INFO)

@@ -185,6 +185,10 @@ SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")
 class RayConfig:
     address: str = ""  # empty = start a local Ray instance
     num_cpus: int = 0  # 0 = all cores of this machine
+    # Metrics (agejobs/metrics.py): Ray's metrics agent port for a local instance (0 = Ray's
+    # choice, unscraped), and this process's prometheus_client endpoint (0 = off).
+    metrics_export_port: int = 0
+    metrics_port: int = 0
 
 
 @dataclass

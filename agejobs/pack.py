@@ -25,7 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import storage
-from agejobs.datasets.manifest import MANIFEST_SCHEMA, Rejected, errors_to_table, read_manifest, write_table_atomic
+from agejobs.datasets.manifest import (
+    MANIFEST_SCHEMA,
+    Rejected,
+    errors_to_table,
+    read_manifest,
+    record_rows,
+    write_table_atomic,
+)
 from agejobs.images import ImageDecodeError, decode_image
 
 log = logging.getLogger(__name__)
@@ -117,6 +124,7 @@ def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -
     shard = pa.Table.from_pylist(packed, schema=SHARD_SCHEMA)
     write_table_atomic(shard, shard_uri(out_uri, index), row_group_size=ROW_GROUP_ROWS)
     storage.mark_done(shard_uri(out_uri, index), json.dumps(counts).encode())
+    record_rows("pack", counts["rows_in"], rejected)
     return counts
 
 

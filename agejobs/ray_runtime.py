@@ -13,9 +13,16 @@ import tempfile
 
 
 @contextlib.contextmanager
-def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True):
-    """Yield with Ray initialised; shut down afterwards only if this call started it."""
+def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True, metrics_export_port: int = 0):
+    """Yield with Ray initialised; shut down afterwards only if this call started it.
+
+    `metrics_export_port` > 0: a local instance's metrics agent serves Ray's and agejobs' metrics
+    there (Prometheus text format)."""
     import ray
+
+    # Ray >= 2.10 exports each Counter twice (a `_total` counter and, for old dashboards, a gauge
+    # of the same name without it); only the conventional counter.
+    os.environ.setdefault("RAY_EXPORT_COUNTER_AS_GAUGE", "0")
 
     if ray.is_initialized():
         yield
@@ -35,6 +42,7 @@ def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True):
         num_cpus=cpus,
         _temp_dir=temp_dir,
         include_dashboard=False,
+        _metrics_export_port=metrics_export_port or None,
         log_to_driver=True,  # workers print the per-step training log
         configure_logging=True,
         logging_level="WARNING" if quiet else "INFO",

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agejobs import pack, storage
+from agejobs import metrics, pack, storage
 from agejobs.config import Config
 from agejobs.data import DecodeFaces, read_row_groups
 from agejobs.datasets.manifest import write_table_atomic
@@ -97,10 +97,21 @@ def make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
         "image_id": pa.array([uri.removeprefix(prefix) for uri in listing]),
         "path": pa.array(listing),
     })
+    # Row groups of at most pack.ROW_GROUP_ROWS, none crossing a shard: one Ray Data block each,
+    # so the stages pipeline in small blocks whatever the shard size (as they do for packs).
+    buffer = pa.BufferOutputStream()
+    shard_rows, row_groups, next_group = [], [], 0
+    with pq.ParquetWriter(buffer, table.schema) as writer:
+        for start in range(0, len(listing), shard_images):
+            rows = min(shard_images, len(listing) - start)
+            groups = -(-rows // pack.ROW_GROUP_ROWS)
+            writer.write_table(table.slice(start, rows), row_group_size=pack.ROW_GROUP_ROWS)
+            shard_rows.append(rows)
+            row_groups.append(list(range(next_group, next_group + groups)))
+            next_group += groups
     inputs_uri = storage.join(run_uri, INPUTS_FILE)
-    write_table_atomic(table, inputs_uri, row_group_size=shard_images)
-    shard_rows = [min(shard_images, len(listing) - start) for start in range(0, len(listing), shard_images)]
-    return ScorePlan(source_uri, "loose", [inputs_uri] * len(shard_rows), [[index] for index in range(len(shard_rows))], shard_rows)
+    storage.write_bytes_atomic(inputs_uri, buffer.getvalue().to_pybytes())
+    return ScorePlan(source_uri, "loose", [inputs_uri] * len(shard_rows), row_groups, shard_rows)
 
 
 def load_or_make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
@@ -130,6 +141,16 @@ def read_input_rows(batch: dict, columns: list[str]):
     return table.append_column("input_shard", pa.array(np.full(len(table), shard, dtype=np.int32)))
 
 
+class EmbedFaces(Embedder):
+    """The gallery's Embedder as a scoring stage: the same model code, timed for the metrics."""
+
+    def __call__(self, batch: dict) -> dict:
+        started = time.perf_counter()
+        out = super().__call__(batch)
+        metrics.observe("score_batch_latency_seconds", time.perf_counter() - started, stage="embed")
+        return out
+
+
 class SearchGallery:
     """Ray Data stage: embeddings -> estimates from the gallery. Each actor loads the gallery
     (ScaNN searchers do not pickle) for the model with this fingerprint, and only for it."""
@@ -138,6 +159,7 @@ class SearchGallery:
         self.gallery = load_gallery(gallery_uri, checkpoint, fingerprint)
 
     def __call__(self, batch: dict) -> dict:
+        started = time.perf_counter()
         ok = np.asarray(batch["error"]) == ""
         out = {name: batch[name] for name in ("input_shard", "image_id", "path", "error")}
         estimates = self.gallery.estimate(batch["age_embedding"][ok], batch["gender_embedding"][ok]) if ok.any() else {}
@@ -146,6 +168,10 @@ class SearchGallery:
             if ok.any():
                 column[ok] = estimates[name]
             out[name] = column
+        metrics.observe("score_batch_latency_seconds", time.perf_counter() - started, stage="search")
+        metrics.inc("score_images", int(ok.sum()))
+        for reason in batch["error"][~ok]:
+            metrics.inc("score_errors", reason=metrics.reason_class(str(reason)))
         return out
 
 
@@ -201,6 +227,7 @@ class ShardWriter:
         counts = {"rows_in": len(rows), "scored": len(scored), "errors": len(failed)}
         storage.mark_done(output_uri(self.run_uri, index), json.dumps(counts).encode())
         self.written.append(index)
+        metrics.inc("score_shards_done")
         log.info("scored shard %d/%d: %s", index + 1, self.plan.num_shards, counts)
         if self.fail_after and len(self.written) >= self.fail_after:
             print(f"[score] fault drill: the driver exits after writing {len(self.written)} shards", flush=True)
@@ -217,6 +244,7 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     import ray
     from ray.data import ActorPoolStrategy
 
+    started = time.perf_counter()
     run_uri = storage.join(out_uri, run_id)
     payload = read_checkpoint(checkpoint)
     fingerprint = model_fingerprint(payload["model"])
@@ -246,7 +274,7 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
             compute=ActorPoolStrategy(min_size=1, max_size=settings.decode_concurrency), num_cpus=0.5,
         )
         ds = ds.map_batches(
-            Embedder, fn_constructor_kwargs={"checkpoint_dir": checkpoint, "torch_threads": settings.embed_torch_threads},
+            EmbedFaces, fn_constructor_kwargs={"checkpoint_dir": checkpoint, "torch_threads": settings.embed_torch_threads},
             batch_size=settings.batch_size, batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=settings.embed_concurrency),
             num_cpus=0 if settings.embed_gpus else 1, num_gpus=settings.embed_gpus,
@@ -256,8 +284,12 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
             batch_size=settings.batch_size, batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=settings.search_concurrency), num_cpus=0.5,
         )
+        first_output_s = None
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+            # Actors started, model and index loaded, the first block through every stage.
+            first_output_s = first_output_s or round(time.perf_counter() - started, 2)
             writer.add(batch)
+    timing = {"first_output_s": first_output_s if descriptors else None, "seconds": round(time.perf_counter() - started, 2)}
     if writer.parts:
         missing = sorted(writer.parts)
         raise RuntimeError(f"run {run_uri}: input shards {missing[:5]} did not receive all their rows")
@@ -265,7 +297,7 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     totals = {key: sum(c[key] for c in counts) for key in ("rows_in", "scored", "errors")}
     summary = {
         "run_id": run_id, "source": source_uri, "shards": plan.num_shards, "shards_skipped": plan.num_shards - len(pending),
-        "shards_written": len(writer.written), **totals, **stamp,
+        "shards_written": len(writer.written), **totals, **stamp, **timing,
     }
     storage.write_bytes_atomic(storage.join(run_uri, RUN_FILE), json.dumps(summary, indent=1).encode())
     return summary

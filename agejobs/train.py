@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from agejobs import distributed, losses
+from agejobs import distributed, losses, metrics
 from agejobs.config import Config, config_from_dict, config_to_dict
 from agejobs.data import to_model_input
 from agejobs.model import build_model_from_config
@@ -148,15 +148,44 @@ def save_checkpoint(directory: str, model: torch.nn.Module, optimizer, state: Tr
     torch.save(payload, os.path.join(directory, CHECKPOINT_FILE))
 
 
+def write_initial_checkpoint(directory: str, cfg: Config) -> str:
+    """A checkpoint of the model as initialised (seed train.seed), before any step: what a pipeline
+    smoke test or a throughput benchmark needs, where the weights' values do not matter."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model_from_config(cfg.model, cfg.train.method, cfg.train.max_age)
+    os.makedirs(directory, exist_ok=True)
+    save_checkpoint(directory, model, make_optimizer(model.parameters(), cfg.optim), TrainState(), cfg)
+    return directory
+
+
+def resolve_checkpoint(directory: str) -> str:
+    """A checkpoint directory as given, or, for a run directory (Ray Train's `storage_path/name`),
+    its newest `checkpoint_<timestamp>`: nightly jobs name the run, not one checkpoint."""
+    from agejobs import storage
+
+    if storage.exists(storage.join(directory, CHECKPOINT_FILE)):
+        return directory
+    fs, path = storage.filesystem_for(directory)
+    try:
+        children = sorted(name for name in fs.ls(path.rstrip("/"), detail=False)
+                          if name.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_"))
+    except OSError:
+        children = []
+    for child in reversed(children):  # timestamped names: the last is the newest
+        candidate = storage.uri_of(directory, child)
+        if storage.exists(storage.join(candidate, CHECKPOINT_FILE)):
+            return candidate
+    raise FileNotFoundError(f"{directory} is not an agejobs checkpoint (no {CHECKPOINT_FILE}) nor a run holding one")
+
+
 def read_checkpoint(directory: str) -> dict:
-    """The payload of an agejobs checkpoint directory (local path or URI, e.g. s3://)."""
+    """The payload of an agejobs checkpoint directory (local path or URI, e.g. s3://), or of the
+    newest checkpoint of a run directory."""
     import io
 
     from agejobs import storage
 
-    uri = storage.join(directory, CHECKPOINT_FILE)
-    if not storage.exists(uri):
-        raise FileNotFoundError(f"{directory} is not an agejobs checkpoint (no {CHECKPOINT_FILE})")
+    uri = storage.join(resolve_checkpoint(directory), CHECKPOINT_FILE)
     # Optimizer and RNG state hold numpy/python objects: this file is ours, not an untrusted one.
     return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=False)
 
@@ -187,6 +216,18 @@ def seed_worker_rng(seed: int, rank: int) -> None:
     torch.manual_seed(seed + 1000 * (rank + 1))
     np.random.seed((seed + 1000 * (rank + 1)) % 2**32)
     random.seed(seed + 1000 * (rank + 1))
+
+
+def record_step_metrics(log: dict, images: int, images_per_s: float, since_checkpoint: float) -> None:
+    """Prometheus view of one step (rank 0 only: the values describe the global batch)."""
+    metrics.inc("train_steps")
+    metrics.inc("train_images", images)
+    metrics.inc("train_gather_seconds", log.get("gather_s", 0.0))
+    metrics.set_gauge("train_images_per_second", images_per_s)
+    metrics.set_gauge("train_seconds_since_checkpoint", since_checkpoint)
+    for name in ("age_loss", "gender_loss", "positive_pair_ratio"):
+        if name in log:
+            metrics.set_gauge(f"train_{name}", log[name])
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -221,6 +262,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     steps_per_epoch = max(loop_config["train_rows"] // cfg.train.batch_size, 1)
     compute_loss = siamese_loss if cfg.train.method == "siamese" else baseline_loss
     started = time.monotonic() - state.elapsed_s
+    last_checkpoint = time.monotonic()
     stop = False
     while state.epoch < cfg.train.epochs and not stop:
         model.train()
@@ -251,6 +293,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state.samples_seen += local_batch * world
             for key, value in log.items():
                 epoch_log[key] = epoch_log.get(key, 0.0) + value
+            if rank == 0:
+                record_step_metrics(log, local_batch * world, epoch_samples / max(time.monotonic() - epoch_started, 1e-9),
+                                    time.monotonic() - last_checkpoint)
             if rank == 0 and cfg.train.log_every_steps and state.step % cfg.train.log_every_steps == 0:
                 rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
                 parts = " ".join(f"{k}={v:.4g}" for k, v in log.items())
@@ -270,8 +315,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         state.epoch += 1
         state.elapsed_s = time.monotonic() - started
         state.rng_per_rank = distributed.gather_objects(capture_rng())
-        metrics = {key: value / max(epoch_steps, 1) for key, value in epoch_log.items()}
-        metrics.update(
+        report = {key: value / max(epoch_steps, 1) for key, value in epoch_log.items()}
+        report.update(
             epoch=state.epoch,
             step=state.step,
             samples_seen=state.samples_seen,
@@ -283,8 +328,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 save_checkpoint(directory, model, optimizer, state, cfg)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
-                print(f"[train] epoch {state.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)), flush=True)
-            ray.train.report(metrics, checkpoint=checkpoint)
+                print(f"[train] epoch {state.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)), flush=True)
+            ray.train.report(report, checkpoint=checkpoint)
+        last_checkpoint = time.monotonic()
+        if rank == 0:
+            metrics.set_gauge("train_epoch", state.epoch)
 
 
 @dataclass

@@ -9,15 +9,13 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from agejobs.config import load_config
 from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 from agejobs.gallery import GalleryMismatchError, build_gallery, load_gallery, read_gallery_manifest
-from agejobs.model import build_model_from_config
 from agejobs.ray_runtime import ray_session
 from agejobs.score import read_scored, score_archive
-from agejobs.train import TrainState, make_optimizer, save_checkpoint
+from agejobs.train import write_initial_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +28,7 @@ OVERRIDES = [
 def make_checkpoint(directory, seed):
     """An untrained model saved as a training checkpoint: its embeddings are as deterministic
     as a trained one's, which is all gallery and scoring mechanics need."""
-    cfg = load_config(None, OVERRIDES + [f"train.seed={seed}"])
-    torch.manual_seed(seed)
-    model = build_model_from_config(cfg.model, "siamese", cfg.train.max_age)
-    os.makedirs(directory)
-    save_checkpoint(str(directory), model, make_optimizer(model.parameters(), cfg.optim), TrainState(), cfg)
-    return str(directory)
+    return write_initial_checkpoint(str(directory), load_config(None, OVERRIDES + [f"train.seed={seed}"]))
 
 
 @pytest.fixture(scope="module")

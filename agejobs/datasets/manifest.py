@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agejobs import storage
+from agejobs import metrics, storage
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,14 @@ class ImportResult:
         }
 
 
+def record_rows(stage: str, rows_read: int, rejected: list[Rejected]) -> None:
+    """Ingestion metrics: rows read by a stage, and its rejections by (stage, reason class)."""
+    metrics.inc("ingest_rows_read", rows_read, stage=stage)
+    by_class = collections.Counter((row.stage, metrics.reason_class(row.reason)) for row in rejected)
+    for (row_stage, reason), count in by_class.items():
+        metrics.inc("ingest_rows_rejected", count, stage=row_stage, reason=reason)
+
+
 def write_import(result: ImportResult, out_dir: str) -> dict:
     """Write OUT/errors.parquet then OUT/manifest.parquet (local path or URI); return the counts.
 
@@ -129,6 +137,7 @@ def write_import(result: ImportResult, out_dir: str) -> dict:
     metadata[SPLIT_METADATA_KEY] = json.dumps(split).encode()
     write_table_atomic(result.table.replace_schema_metadata(metadata), storage.join(out_dir, "manifest.parquet"))
     counts = result.counts()
+    record_rows("import", counts["rows_in"], result.rejected)
     log.info("import -> %s: %s; rejected by stage %s", out_dir, counts, rejected_by_stage(result.rejected))
     return counts
 

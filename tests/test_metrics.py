@@ -1,0 +1,125 @@
+"""Metrics as Prometheus scrapes them: prometheus_client for a single-process run, Ray's metrics
+agent during a small training and a small scoring run. Parsed with prometheus_client's parser."""
+
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agejobs import metrics
+from agejobs.datasets.manifest import Rejected, record_rows
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """{sample name{labels}: value}, summed over Ray's per-process label sets."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            keep = {k: v for k, v in sample.labels.items() if k in ("stage", "reason", "le")}
+            key = sample.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(keep.items())) + "}" if keep else "")
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def ours(values: dict[str, float], prefix: str = "") -> dict[str, float]:
+    """Our samples, with Ray's `ray_` prefix (stripped by cluster/prometheus.yml) removed."""
+    return {key[len(prefix):]: value for key, value in values.items() if key.startswith(prefix + "agejobs_")}
+
+
+def test_names_follow_prometheus_conventions():
+    for name, definition in metrics.DEFINITIONS.items():
+        full = metrics.full_name(name)
+        assert full.startswith("agejobs_") and full == full.lower()
+        assert full.endswith("_total") == (definition.kind == "counter")
+        assert not set(definition.labels) & {"path", "image_id", "error", "message"}  # low cardinality
+        if "seconds" in name or "latency" in name:
+            assert "_seconds" in full
+    with pytest.raises(ValueError, match="takes labels"):
+        metrics.inc("score_errors")  # a labelled metric without its label
+
+
+def test_single_process_run_serves_our_metrics_through_prometheus_client():
+    port = free_port()
+    metrics.serve(port, address="127.0.0.1")
+    record_rows("import", 10, [Rejected("a.jpg", "import", "age 130 out of range"), Rejected("b.jpg", "decode", "truncated JPEG")])
+    first = ours(scrape(port))
+    record_rows("import", 5, [Rejected("c.jpg", "import", "no such file")])
+    second = ours(scrape(port))
+    assert second["agejobs_ingest_rows_read_total{stage=import}"] == first["agejobs_ingest_rows_read_total{stage=import}"] + 5
+    assert first["agejobs_ingest_rows_rejected_total{reason=label,stage=import}"] == 1
+    assert first["agejobs_ingest_rows_rejected_total{reason=decode,stage=decode}"] == 1
+    assert second["agejobs_ingest_rows_rejected_total{reason=missing,stage=import}"] == 1
+
+
+@pytest.mark.slow
+def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_path, monkeypatch):
+    from agejobs.config import load_config
+    from agejobs.datasets.synthetic import SynthSpec, write_synthetic
+    from agejobs.gallery import build_gallery
+    from agejobs.ray_runtime import quiet_ray_data, ray_session
+    from agejobs.score import score_archive
+    from agejobs.train import run_training
+
+    monkeypatch.setenv("RAY_metrics_report_interval_ms", "500")  # Ray's agent reports every 0.5 s
+    port = free_port()
+    # Enough faces that scoring runs for a few report intervals after its actors start.
+    write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=100, images_per_subject=4, image_size=40, seed=3))
+    manifest = str(tmp_path / "faces" / "manifest.parquet")
+    cfg = load_config(None, [
+        "model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=32", "train.batch_size=8",
+        "train.epochs=40", "train.max_steps=24", "train.max_time_s=0", "train.log_every_steps=0", "eval.knn_m=5",
+        "eval.embed_batch_size=32", "score.batch_size=4", "score.shard_images=40",
+    ])
+    seen: dict[str, list[dict]] = {"train": [], "score": []}
+    phase = {"name": "train", "done": False}
+
+    def poll():
+        while not phase["done"]:
+            try:
+                seen[phase["name"]].append(ours(scrape(port), prefix="ray_"))
+            except OSError:
+                pass  # the agent starts a moment after Ray
+            time.sleep(0.5)
+
+    with ray_session(num_cpus=4, metrics_export_port=port):
+        quiet_ray_data()
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        outcome = run_training(cfg, manifest, "metrics", str(tmp_path / "runs"))
+        time.sleep(2)
+        phase["name"] = "score"
+        build_gallery(outcome.checkpoint_path, manifest, str(tmp_path / "gallery"), cfg)
+        score_archive(str(tmp_path / "faces" / "images"), str(tmp_path / "scored"), "night", outcome.checkpoint_path,
+                      str(tmp_path / "gallery"), cfg)
+        time.sleep(3)
+        phase["done"] = True
+        poller.join()
+
+    steps = [sample["agejobs_train_steps_total"] for sample in seen["train"] if "agejobs_train_steps_total" in sample]
+    assert len(set(steps)) >= 2 and steps == sorted(steps), steps  # seen rising while training ran
+    # Ray exports a gauge's latest value once per report interval, counters for the process's life:
+    # look for each name in any scrape taken while training ran.
+    during = {name: value for sample in seen["train"] for name, value in sample.items()}
+    for name in ("agejobs_train_images_total", "agejobs_train_age_loss", "agejobs_train_gender_loss",
+                 "agejobs_train_positive_pair_ratio", "agejobs_train_images_per_second", "agejobs_train_epoch",
+                 "agejobs_train_seconds_since_checkpoint", "agejobs_train_gather_seconds_total"):
+        assert name in during, sorted(during)
+    assert 0 < during["agejobs_train_positive_pair_ratio"] < 1 and during["agejobs_train_images_per_second"] > 0
+
+    scored = [sample.get("agejobs_score_images_total", 0.0) for sample in seen["score"]]
+    assert scored == sorted(scored) and scored[-1] == 400 and len({v for v in scored if v}) >= 2, scored
+    last = seen["score"][-1]
+    assert last["agejobs_score_shards_done_total"] == 10
+    assert last["agejobs_score_batch_latency_seconds_count{stage=embed}"] == 100  # 400 faces / batches of 4
+    assert last["agejobs_score_batch_latency_seconds_count{stage=search}"] >= 1
+    assert last["agejobs_score_batch_latency_seconds_bucket{le=+Inf,stage=search}"] == last["agejobs_score_batch_latency_seconds_count{stage=search}"]
