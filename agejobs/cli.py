@@ -250,8 +250,12 @@ def _evaluate_scored(args) -> int:
     if not args.labels:
         raise ValueError("evaluate --scored needs --labels MANIFEST|PACK")
     predictions, errors = read_scored(args.scored)
-    labels = label_table(args.labels, ("path", "age", "gender"))
-    joined = predictions.join(labels, "path", join_type="inner")
+    labels = label_table(args.labels, ("path", "age", "gender", "split"))
+    if args.split:  # e.g. only the faces that are not in the gallery (its split is gallery.split)
+        import pyarrow.compute as pc
+
+        labels = labels.filter(pc.equal(labels["split"], args.split))
+    joined = predictions.join(labels.drop_columns(["split"]), "path", join_type="inner")
     if joined.num_rows == 0:
         raise ValueError(f"no scored row of {args.scored} has a label in {args.labels} (joined on path)")
     report = evaluate.method_report(
@@ -263,7 +267,7 @@ def _evaluate_scored(args) -> int:
     evaluate.plot_cs_curves([report], storage.join(plots_dir, "cs_curve.png"))
     evaluate.plot_mae_by_age([report], storage.join(plots_dir, "mae_by_age.png"))
     report_uri = storage.join(workdir, "report.json")
-    extra = {"scored": args.scored, "labels": args.labels, "scored_rows": predictions.num_rows,
+    extra = {"scored": args.scored, "labels": args.labels, "split": args.split or "all", "scored_rows": predictions.num_rows,
              "labelled_rows": joined.num_rows, "error_rows": errors.num_rows}
     evaluate.write_report(report_uri, [report], extra)
     print(evaluate.format_table([report]))
@@ -339,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest")
     evaluate.add_argument("--scored", help="with --labels: a scoring run's output directory (OUT/RUN_ID)")
     evaluate.add_argument("--labels", help="manifest or pack holding the scored images' labels (joined on path)")
+    evaluate.add_argument("--split", default="", help="with --scored: only labels of this split (e.g. test)")
     evaluate.add_argument("--workdir", default="runs/evaluate")
     evaluate.set_defaults(handler=main_evaluate)
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import metrics, pack, storage
-from agejobs.config import Config
+from agejobs.config import Config, config_from_dict
 from agejobs.data import DecodeFaces, read_row_groups
 from agejobs.datasets.manifest import write_table_atomic
 from agejobs.gallery import Embedder, check_gallery_matches, load_gallery, model_fingerprint, read_gallery_manifest
@@ -248,7 +248,8 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     run_uri = storage.join(out_uri, run_id)
     payload = read_checkpoint(checkpoint)
     fingerprint = model_fingerprint(payload["model"])
-    image_size, face_crop = payload["config"]["data"]["image_size"], payload["config"]["data"]["face_crop"]
+    model_cfg = config_from_dict(payload["config"])  # older checkpoints lack newer keys: defaults
+    image_size, face_crop = model_cfg.data.image_size, model_cfg.data.face_crop
     del payload
     gallery_manifest = read_gallery_manifest(gallery_uri)
     check_gallery_matches(gallery_manifest, gallery_uri, checkpoint, fingerprint)  # before any work

@@ -54,39 +54,10 @@ def bench_config(args, workers: int):
     ])
 
 
-def plain_loop(args, images, ages, genders) -> float:
-    """One process, `workers` torch threads, the same model/loss/optimizer; last-epoch images/s."""
-    import torch
-
-    from agejobs.data import to_model_input
-    from agejobs.model import build_model_from_config
-    from agejobs.train import make_optimizer, siamese_loss
-
-    cfg = bench_config(args, 1)
-    torch.set_num_threads(args.workers)
-    torch.manual_seed(0)
-    model = build_model_from_config(cfg.model, "siamese", cfg.train.max_age)
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    images_t, ages_t, genders_t = torch.from_numpy(images), torch.from_numpy(ages), torch.from_numpy(genders)
-    rate = 0.0
-    for _ in range(args.epochs):
-        order = torch.randperm(len(images_t))
-        started, seen = time.perf_counter(), 0
-        for start in range(0, len(order) - args.batch + 1, args.batch):
-            index = order[start : start + args.batch]
-            outputs = model(to_model_input(images_t[index]))
-            loss, _ = siamese_loss(outputs, ages_t[index], genders_t[index], cfg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += args.batch
-        rate = seen / (time.perf_counter() - started)
-    return rate
-
-
-def _ddp_worker(rank, args, port, images, ages, genders, out_path):
-    import os as _os
-
+def epochs_of_steps(args, images, ages, genders, rank: int = 0, world: int = 1) -> float:
+    """The same model, loss, optimizer and epochs of steps over the tensors; DDP-wrapped when a
+    process group is up. Every rank walks the same per-epoch order and takes its slice of each
+    global batch. Returns the last epoch's images/s (global)."""
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -95,15 +66,14 @@ def _ddp_worker(rank, args, port, images, ages, genders, out_path):
     from agejobs.model import build_model_from_config
     from agejobs.train import make_optimizer, siamese_loss
 
-    _os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=args.workers)
-    torch.set_num_threads(1)
-    cfg = bench_config(args, args.workers)
+    cfg = bench_config(args, world)
     torch.manual_seed(0)
-    model = DistributedDataParallel(build_model_from_config(cfg.model, "siamese", cfg.train.max_age))
+    model = build_model_from_config(cfg.model, "siamese", cfg.train.max_age)
+    if dist.is_initialized():
+        model = DistributedDataParallel(model)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
     images_t, ages_t, genders_t = torch.from_numpy(images), torch.from_numpy(ages), torch.from_numpy(genders)
-    local = args.batch // args.workers
+    local = args.batch // world
     rate = 0.0
     for epoch in range(args.epochs):
         order = torch.randperm(len(images_t), generator=torch.Generator().manual_seed(epoch))
@@ -117,6 +87,25 @@ def _ddp_worker(rank, args, port, images, ages, genders, out_path):
             optimizer.step()
             seen += args.batch
         rate = seen / (time.perf_counter() - started)
+    return rate
+
+
+def plain_loop(args, images, ages, genders) -> float:
+    """One process, `workers` torch threads: the reference."""
+    import torch
+
+    torch.set_num_threads(args.workers)
+    return epochs_of_steps(args, images, ages, genders)
+
+
+def _ddp_worker(rank, args, port, images, ages, genders, out_path):
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=args.workers)
+    torch.set_num_threads(1)
+    rate = epochs_of_steps(args, images, ages, genders, rank, args.workers)
     if rank == 0:
         with open(out_path, "w") as handle:
             handle.write(str(rate))

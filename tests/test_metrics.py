@@ -51,14 +51,21 @@ def test_names_follow_prometheus_conventions():
 def test_single_process_run_serves_our_metrics_through_prometheus_client():
     port = free_port()
     metrics.serve(port, address="127.0.0.1")
+    record_rows("import", 1, [])  # the families exist from here on (other tests may have counted too)
+    before = ours(scrape(port))
     record_rows("import", 10, [Rejected("a.jpg", "import", "age 130 out of range"), Rejected("b.jpg", "decode", "truncated JPEG")])
-    first = ours(scrape(port))
+    middle = ours(scrape(port))
     record_rows("import", 5, [Rejected("c.jpg", "import", "no such file")])
-    second = ours(scrape(port))
-    assert second["agejobs_ingest_rows_read_total{stage=import}"] == first["agejobs_ingest_rows_read_total{stage=import}"] + 5
-    assert first["agejobs_ingest_rows_rejected_total{reason=label,stage=import}"] == 1
-    assert first["agejobs_ingest_rows_rejected_total{reason=decode,stage=decode}"] == 1
-    assert second["agejobs_ingest_rows_rejected_total{reason=missing,stage=import}"] == 1
+    after = ours(scrape(port))
+
+    def grew(name, start, end):
+        return end.get(name, 0.0) - start.get(name, 0.0)
+
+    read = "agejobs_ingest_rows_read_total{stage=import}"
+    assert grew(read, before, middle) == 10 and grew(read, middle, after) == 5  # increasing counters
+    assert grew("agejobs_ingest_rows_rejected_total{reason=label,stage=import}", before, middle) == 1
+    assert grew("agejobs_ingest_rows_rejected_total{reason=decode,stage=decode}", before, middle) == 1
+    assert grew("agejobs_ingest_rows_rejected_total{reason=missing,stage=import}", middle, after) == 1
 
 
 @pytest.mark.slow
