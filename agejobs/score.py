@@ -245,6 +245,8 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     from ray.data import ActorPoolStrategy
 
     started = time.perf_counter()
+    # One spelling per input: output paths are absolute, so they join with manifests' paths.
+    source_uri, out_uri = storage.absolute(source_uri), storage.absolute(out_uri)
     run_uri = storage.join(out_uri, run_id)
     payload = read_checkpoint(checkpoint)
     fingerprint = model_fingerprint(payload["model"])

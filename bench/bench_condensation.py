@@ -66,7 +66,7 @@ def main() -> int:
     print(f"\ngallery condensation, {len(queries['age'])} test faces, M={args.m} ({results['machine']})")
     print(f"{'per (age, gender)':>17} {'gallery':>8} {'MAE':>6} {'CS(5)':>6} {'gender':>7} {'search s':>9}")
     for row in rows:
-        print(f"{row['per_age']:>17} {row['gallery_size']:>8} {row['mae']:>6.2f} {row['cs5']:>6.1%} "
+        print(f"{row['per_age']:>17} {row['gallery_size']:>8} {row['mae']:>6.2f} {row['cs5']:>5.1f}% "
               f"{row['gender_accuracy']:>7.1%} {row['search_s']:>9.3f}")
     print(f"wrote {args.out}")
     return 0
