@@ -130,3 +130,20 @@ def test_evaluate_on_scored_output_joined_with_labels(world, tmp_path):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["methods"][0]["n"] == len(os.listdir(archive)) == report["labelled_rows"]
     assert (tmp_path / "eval" / "plots" / "cs_curve.png").exists()
+
+
+def test_scoring_a_packed_archive_on_s3_writes_its_output_there(world, s3_bucket):
+    """The nightly shape on object storage: faces packed into s3:// shards, scored, output on s3://."""
+    from agejobs import pack, storage
+
+    write_synthetic(f"{s3_bucket}/faces", SynthSpec(num_subjects=6, images_per_subject=3, image_size=40, seed=7))
+    pack.pack(f"{s3_bucket}/faces/manifest.parquet", f"{s3_bucket}/packed", target_shard_bytes=12_000, runner="inline")
+    with ray_session(num_cpus=4):
+        summary = score_archive(f"{s3_bucket}/packed", f"{s3_bucket}/scores", "night", world["checkpoint"],
+                                world["gallery"], world["cfg"])
+    plan_shards = pack.read_plan(f"{s3_bucket}/packed").num_shards
+    assert summary["shards"] == plan_shards >= 2 and summary["scored"] == 18 and summary["errors"] == 0
+    predictions, _ = read_scored(f"{s3_bucket}/scores/night")
+    assert sorted(predictions["path"].to_pylist()) == sorted(
+        uri for uri, _ in storage.find_files(f"{s3_bucket}/faces/images"))  # the faces' own s3:// URIs
+    assert storage.is_done(f"{s3_bucket}/scores/night/shard-00000.parquet")
