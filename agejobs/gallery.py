@@ -55,8 +55,14 @@ def model_fingerprint(state_dict: dict) -> str:
 class TrainedModel:
     model: torch.nn.Module
     cfg: Config
-    checkpoint: str
     fingerprint: str
+
+
+def checkpoint_identity(checkpoint_dir: str) -> tuple[Config, str]:
+    """(the checkpoint's training Config, its model fingerprint), without building the model.
+    Older checkpoints lack newer config keys: config_from_dict gives them their defaults."""
+    payload = read_checkpoint(checkpoint_dir)
+    return config_from_dict(payload["config"]), model_fingerprint(payload["model"])
 
 
 def load_trained_model(checkpoint_dir: str, device: str = "cpu") -> TrainedModel:
@@ -66,7 +72,7 @@ def load_trained_model(checkpoint_dir: str, device: str = "cpu") -> TrainedModel
     # The checkpoint holds every weight; the ImageNet file is not needed (nor present) here.
     model = build_model_from_config(cfg.model, cfg.train.method, cfg.train.max_age, weights="")
     model.load_state_dict(payload["model"])
-    return TrainedModel(model.to(device).eval(), cfg, checkpoint_dir, model_fingerprint(payload["model"]))
+    return TrainedModel(model.to(device).eval(), cfg, model_fingerprint(payload["model"]))
 
 
 class Embedder:
@@ -81,7 +87,7 @@ class Embedder:
         torch.set_num_threads(torch_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         trained = load_trained_model(checkpoint_dir, self.device)
-        self.model, self.cfg, self.fingerprint = trained.model, trained.cfg, trained.fingerprint
+        self.model, self.cfg = trained.model, trained.cfg
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
@@ -215,12 +221,9 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
 
     from agejobs import condense
 
-    payload = read_checkpoint(checkpoint_dir)
-    model_cfg = config_from_dict(payload["config"])
+    model_cfg, fingerprint = checkpoint_identity(checkpoint_dir)
     if model_cfg.train.method != "siamese":
         raise ValueError(f"{checkpoint_dir}: a gallery needs a siamese checkpoint; a {model_cfg.train.method} model estimates ages directly")
-    fingerprint = model_fingerprint(payload["model"])
-    del payload
     started = time.time()
     columns = embed_split(
         checkpoint_dir, source_uri, cfg.gallery.split, model_cfg.data.image_size, cfg.eval.embed_batch_size,

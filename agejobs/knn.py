@@ -18,6 +18,7 @@ local temporary directory, since ScaNN reads and writes only local files).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -227,7 +228,7 @@ class L1Index:
             raise FileNotFoundError(f"{directory} holds no finished L1 index (no {INDEX_FILE})")
         meta = json.loads(storage.read_bytes(index_uri))
         settings = SearchSettings(**meta["settings"])
-        embeddings = np.load(_local_copy(storage.join(directory, EMBEDDINGS_FILE)))
+        embeddings = np.load(io.BytesIO(storage.read_bytes(storage.join(directory, EMBEDDINGS_FILE))))
         searcher = None
         if meta["mode"] != "exact":
             from scann.scann_ops.py import scann_ops_pybind
@@ -237,14 +238,7 @@ class L1Index:
                     with open(os.path.join(stage, uri.rstrip("/").rsplit("/", 1)[-1]), "wb") as handle:
                         handle.write(storage.read_bytes(uri))
                 searcher = scann_ops_pybind.load_searcher(stage)
-        index = cls(embeddings, dataclasses.replace(settings, mode=meta["mode"]), meta["m"], searcher)
-        return index
-
-
-def _local_copy(uri: str):
-    import io
-
-    return io.BytesIO(storage.read_bytes(uri))
+        return cls(embeddings, dataclasses.replace(settings, mode=meta["mode"]), meta["m"], searcher)
 
 
 def tune_approximate(

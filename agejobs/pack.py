@@ -128,11 +128,6 @@ def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -
     return counts
 
 
-def finished_counts(out_uri: str, index: int) -> dict | None:
-    marker = storage.done_marker(shard_uri(out_uri, index))
-    return json.loads(storage.read_bytes(marker)) if storage.exists(marker) else None
-
-
 def pack(
     manifest_uri: str,
     out_uri: str,
@@ -158,7 +153,7 @@ def pack(
     else:
         storage.write_bytes_atomic(plan_uri, json.dumps(asdict(plan), indent=1).encode())
 
-    results = {index: finished_counts(out_uri, index) for index in range(plan.num_shards)}
+    results = {index: storage.done_summary(shard_uri(out_uri, index)) for index in range(plan.num_shards)}
     todo = [index for index, counts in results.items() if counts is None]
     skipped = plan.num_shards - len(todo)
     log.info("pack %s -> %s: %d shards, %d already done", manifest_uri, out_uri, plan.num_shards, skipped)

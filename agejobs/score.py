@@ -36,11 +36,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import metrics, pack, storage
-from agejobs.config import Config, config_from_dict
+from agejobs.config import Config
 from agejobs.data import DecodeFaces, read_row_groups
 from agejobs.datasets.manifest import write_table_atomic
-from agejobs.gallery import Embedder, check_gallery_matches, load_gallery, model_fingerprint, read_gallery_manifest
-from agejobs.train import read_checkpoint
+from agejobs.gallery import Embedder, check_gallery_matches, checkpoint_identity, load_gallery, read_gallery_manifest
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +125,8 @@ def load_or_make_plan(source_uri: str, run_uri: str, shard_images: int) -> Score
     return plan
 
 
-def output_uri(run_uri: str, index: int) -> str:
-    return storage.join(run_uri, storage.shard_name(index))
-
-
-def errors_uri(run_uri: str, index: int) -> str:
-    return storage.join(run_uri, storage.shard_name(index, ".errors.parquet"))
+# Output files are named like a pack's: shard-NNNNN.parquet, .errors.parquet, .parquet.done.
+output_uri, errors_uri = pack.shard_uri, pack.errors_uri
 
 
 def read_input_rows(batch: dict, columns: list[str]):
@@ -235,8 +230,7 @@ class ShardWriter:
 
 
 def shard_counts(run_uri: str, index: int) -> dict | None:
-    marker = storage.done_marker(output_uri(run_uri, index))
-    return json.loads(storage.read_bytes(marker)) if storage.exists(marker) else None
+    return storage.done_summary(output_uri(run_uri, index))
 
 
 def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, gallery_uri: str, cfg: Config) -> dict:
@@ -248,11 +242,8 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     # One spelling per input: output paths are absolute, so they join with manifests' paths.
     source_uri, out_uri = storage.absolute(source_uri), storage.absolute(out_uri)
     run_uri = storage.join(out_uri, run_id)
-    payload = read_checkpoint(checkpoint)
-    fingerprint = model_fingerprint(payload["model"])
-    model_cfg = config_from_dict(payload["config"])  # older checkpoints lack newer keys: defaults
+    model_cfg, fingerprint = checkpoint_identity(checkpoint)
     image_size, face_crop = model_cfg.data.image_size, model_cfg.data.face_crop
-    del payload
     gallery_manifest = read_gallery_manifest(gallery_uri)
     check_gallery_matches(gallery_manifest, gallery_uri, checkpoint, fingerprint)  # before any work
     plan = load_or_make_plan(source_uri, run_uri, cfg.score.shard_images)

@@ -245,3 +245,11 @@ def is_done(shard_uri: str) -> bool:
 
 def mark_done(shard_uri: str, summary: bytes = b"{}") -> None:
     write_bytes_atomic(done_marker(shard_uri), summary)
+
+
+def done_summary(shard_uri: str) -> dict | None:
+    """The JSON a finished shard's done-marker carries (its counts), or None if it is not done."""
+    import json
+
+    marker = done_marker(shard_uri)
+    return json.loads(read_bytes(marker)) if exists(marker) else None

@@ -293,11 +293,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state.samples_seen += local_batch * world
             for key, value in log.items():
                 epoch_log[key] = epoch_log.get(key, 0.0) + value
+            rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
             if rank == 0:
-                record_step_metrics(log, local_batch * world, epoch_samples / max(time.monotonic() - epoch_started, 1e-9),
-                                    time.monotonic() - last_checkpoint)
+                record_step_metrics(log, local_batch * world, rate, time.monotonic() - last_checkpoint)
             if rank == 0 and cfg.train.log_every_steps and state.step % cfg.train.log_every_steps == 0:
-                rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
                 parts = " ".join(f"{k}={v:.4g}" for k, v in log.items())
                 print(f"[train] epoch {state.epoch + 1} step {state.step} {parts} images/s={rate:.1f}", flush=True)
             # Workers' clocks differ: with a time budget the slowest one's elapsed time drives the
