@@ -77,10 +77,10 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
     from agejobs.score import score_archive
     from agejobs.train import run_training
 
-    monkeypatch.setenv("RAY_metrics_report_interval_ms", "500")  # Ray's agent reports every 0.5 s
+    monkeypatch.setenv("RAY_metrics_report_interval_ms", "200")  # Ray's agent reports every 0.2 s
     port = free_port()
     # Enough faces that scoring runs for a few report intervals after its actors start.
-    write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=100, images_per_subject=4, image_size=40, seed=3))
+    write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=200, images_per_subject=4, image_size=40, seed=3))
     manifest = str(tmp_path / "faces" / "manifest.parquet")
     cfg = load_config(None, [
         "model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=32", "train.batch_size=8",
@@ -96,7 +96,7 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
                 seen[phase["name"]].append(ours(scrape(port), prefix="ray_"))
             except OSError:
                 pass  # the agent starts a moment after Ray
-            time.sleep(0.5)
+            time.sleep(0.2)
 
     with ray_session(num_cpus=4, metrics_export_port=port):
         quiet_ray_data()
@@ -124,9 +124,9 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
     assert 0 < during["agejobs_train_positive_pair_ratio"] < 1 and during["agejobs_train_images_per_second"] > 0
 
     scored = [sample.get("agejobs_score_images_total", 0.0) for sample in seen["score"]]
-    assert scored == sorted(scored) and scored[-1] == 400 and len({v for v in scored if v}) >= 2, scored
+    assert scored == sorted(scored) and scored[-1] == 800 and len({v for v in scored if v}) >= 2, scored
     last = seen["score"][-1]
-    assert last["agejobs_score_shards_done_total"] == 10
-    assert last["agejobs_score_batch_latency_seconds_count{stage=embed}"] == 100  # 400 faces / batches of 4
+    assert last["agejobs_score_shards_done_total"] == 20
+    assert last["agejobs_score_batch_latency_seconds_count{stage=embed}"] == 200  # 800 faces / batches of 4
     assert last["agejobs_score_batch_latency_seconds_count{stage=search}"] >= 1
     assert last["agejobs_score_batch_latency_seconds_bucket{le=+Inf,stage=search}"] == last["agejobs_score_batch_latency_seconds_count{stage=search}"]
