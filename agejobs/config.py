@@ -67,6 +67,10 @@ class ModelConfig:
     age_dim: int = 70
     gender_dim: int = 10
     dropout: float = 0.5
+    # NHWC memory format for weights and inputs, on every device: oneDNN's CPU convolutions and
+    # cuDNN's tensor cores are both fastest in it (measured here, MobileNetV2 training step at
+    # 128 px on CPU: 1.57x one thread, 1.56x two threads; bench/README).
+    channels_last: bool = True
 
 
 @dataclass

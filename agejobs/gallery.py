@@ -94,9 +94,9 @@ class Embedder:
         out = {name: values for name, values in batch.items() if name != "image"}
         ok = np.asarray(batch["error"]) == "" if "error" in batch else np.ones(len(batch["image"]), dtype=bool)
         images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).to(self.device, non_blocking=True)
-        # The GPU path: bf16 autocast, channels_last; outputs come back as fp32.
+        # The GPU path adds bf16 autocast; outputs come back as fp32.
         with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
-            outputs = self.model(to_model_input(images, channels_last=self.device == "cuda"))
+            outputs = self.model(to_model_input(images, channels_last=self.cfg.model.channels_last))
 
         def full(values: torch.Tensor) -> np.ndarray:
             values = values.float().cpu().numpy()

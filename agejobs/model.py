@@ -134,7 +134,9 @@ def build_model(
 
 
 def build_model_from_config(model_cfg, method: str, max_age: int = 120, weights: str | None = None) -> AgeEmbeddingNet:
-    return build_model(
+    """The model as the config describes it, in its memory format (feed it `to_model_input(...,
+    channels_last=model_cfg.channels_last)`); later `.to(device)` and `load_state_dict` keep it."""
+    model = build_model(
         model_cfg.backbone,
         method=method,
         age_dim=model_cfg.age_dim,
@@ -143,3 +145,4 @@ def build_model_from_config(model_cfg, method: str, max_age: int = 120, weights:
         weights=model_cfg.weights if weights is None else weights,
         max_age=max_age,
     )
+    return model.to(memory_format=torch.channels_last) if model_cfg.channels_last else model

@@ -247,8 +247,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # optimizer spends its whole budget walking the bias to the age scale.
         with torch.no_grad():
             model.age_head.bias.fill_(loop_config.get("train_age_mean", 0.0))
-    if cfg.train.use_gpu:
-        model = model.to(memory_format=torch.channels_last)
     unused = cfg.train.method == "siamese" and cfg.loss.gender_weight == 0
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     optimizer = make_optimizer(model.parameters(), cfg.optim)
@@ -275,7 +273,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             pin_memory=cfg.train.use_gpu,
         )
         for batch in batches:
-            images = to_model_input(batch["image"].to(device, non_blocking=True), channels_last=cfg.train.use_gpu)
+            images = to_model_input(batch["image"].to(device, non_blocking=True), channels_last=cfg.model.channels_last)
             # int64: gloo's collectives reject the manifest's int16/int8 label types.
             ages, genders = batch["age"].to(device).long(), batch["gender"].to(device).long()
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
@@ -311,6 +309,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if progress >= 1.0 and (cfg.train.max_steps or cfg.train.max_time_s):
                 stop = True
                 break
+        # The global rate uses the slowest worker's clock: a worker that started its epoch early
+        # (and then waited for rank 0 to write the last checkpoint) counts that wait.
+        epoch_seconds = distributed.all_reduce_max(
+            torch.tensor([time.monotonic() - epoch_started], dtype=torch.float64, device=device)).item()
         state.epoch += 1
         state.elapsed_s = time.monotonic() - started
         state.rng_per_rank = distributed.gather_objects(capture_rng())
@@ -319,7 +321,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             epoch=state.epoch,
             step=state.step,
             samples_seen=state.samples_seen,
-            images_per_s=epoch_samples / max(time.monotonic() - epoch_started, 1e-9),
+            images_per_s=epoch_samples / max(epoch_seconds, 1e-9),
             stopped_early=bool(stop),
         )
         with tempfile.TemporaryDirectory() as directory:

@@ -1,6 +1,7 @@
 """Training throughput: Ray Data -> Ray Train with N CPU workers vs a plain single-process loop.
 
     python bench/bench_train_throughput.py            # 2 workers x 1 thread vs 1 process x 2 threads
+    python bench/bench_train_throughput.py --workloads 128:64 --repeats 3
 
 Both train the same model (MobileNetV2 at --size px, random init) with the same siamese loss,
 optimizer and global batch on the SAME pre-decoded uint8 tensors (synthetic faces, decoded once
@@ -9,8 +10,14 @@ tensors into the workers (get_dataset_shard / iter_torch_batches), the embedding
 Equal total cores: the plain loop gets as many torch threads as the workers together. A third
 row runs the same DDP step in plain processes (torch.multiprocessing, gloo, no Ray), which splits
 the gap into what data parallelism costs and what Ray adds.
-Throughput = images/s of the last epoch (the first includes start-up). Prints a table, writes
-bench/results/train_throughput.json.
+Throughput = images/s of the last epoch (the first includes start-up and compilation).
+Workloads are `image size:global batch` pairs: 128:64 is configs/utkface.yaml's training step,
+64:32 a small step where per-step fixed costs (each worker's own optimizer step, the gradient
+all-reduce, Python dispatch) weigh most. A shared VM's speed drifts by tens of percent within
+minutes, so each workload runs its setups back to back `--repeats` times and a ratio is the
+median of the per-repeat (paired) ratios; the table's images/s are medians too. A one-thread
+plain row (`--setups`) shows how well one process uses the second core (intra-op threads).
+Prints a table, writes bench/results/train_throughput.json.
 """
 
 from __future__ import annotations
@@ -80,21 +87,24 @@ def epochs_of_steps(args, images, ages, genders, rank: int = 0, world: int = 1) 
         started, seen = time.perf_counter(), 0
         for start in range(0, len(order) - args.batch + 1, args.batch):
             index = order[start + rank * local : start + (rank + 1) * local]
-            outputs = model(to_model_input(images_t[index]))
+            outputs = model(to_model_input(images_t[index], channels_last=cfg.model.channels_last))
             loss, _ = siamese_loss(outputs, ages_t[index], genders_t[index], cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             seen += args.batch
-        rate = seen / (time.perf_counter() - started)
+        elapsed = torch.tensor([time.perf_counter() - started], dtype=torch.float64)
+        if dist.is_initialized():  # the slowest rank's clock, as the training loop reports it
+            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        rate = seen / elapsed.item()
     return rate
 
 
-def plain_loop(args, images, ages, genders) -> float:
-    """One process, `workers` torch threads: the reference."""
+def plain_loop(args, images, ages, genders, threads: int = 0) -> float:
+    """One process, `workers` torch threads (or `threads`): the reference."""
     import torch
 
-    torch.set_num_threads(args.workers)
+    torch.set_num_threads(threads or args.workers)
     return epochs_of_steps(args, images, ages, genders)
 
 
@@ -153,37 +163,94 @@ def ray_train(args, images, ages, genders) -> float:
     return float(outcome.metrics["images_per_s"])
 
 
+SETUPS = (
+    ("plain", "plain torch loop, 1 process x {workers} threads"),
+    ("plain_1_thread", "plain torch loop, 1 process x 1 thread"),
+    ("ddp", "torch DDP, {workers} processes x 1 thread (gloo), no Ray"),
+    ("ray", "Ray Data -> Ray Train, {workers} workers x 1 thread (gloo)"),
+)
+
+
+def in_fresh_process(function, *args):
+    """Run in a spawned process: thread pools and compiled kernels of one setup never leak into
+    the next one's measurement."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def run_setup(name: str, args, images, ages, genders) -> float:
+    if name == "plain":
+        return in_fresh_process(plain_loop, args, images, ages, genders)
+    if name == "plain_1_thread":
+        return in_fresh_process(plain_loop, args, images, ages, genders, 1)
+    if name == "ddp":
+        return plain_ddp(args, images, ages, genders)
+    return ray_train(args, images, ages, genders)
+
+
+def measure_workload(args, size: int, batch: int, setups: list[str]) -> dict:
+    import copy
+    import statistics
+
+    workload = copy.copy(args)
+    workload.size, workload.batch = size, batch
+    images, ages, genders = decoded_faces(args.images, size)
+    runs: dict[str, list[float]] = {name: [] for name in setups}
+    for repeat in range(args.repeats):
+        for name in setups:
+            runs[name].append(run_setup(name, workload, images, ages, genders))
+            print(f"[bench] {size} px, batch {batch}, repeat {repeat + 1}: {name} {runs[name][-1]:.1f} images/s", flush=True)
+    measured = {
+        "size": size,
+        "global_batch": batch,
+        "runs_images_per_s": runs,
+        "median_images_per_s": {name: statistics.median(rates) for name, rates in runs.items()},
+    }
+    for name in setups:
+        if name != "plain":
+            paired = [rate / plain for rate, plain in zip(runs[name], runs["plain"])]
+            measured[f"{name}_vs_plain"] = {"paired": paired, "median": statistics.median(paired)}
+    return measured
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1536)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32, help="global batch")
+    parser.add_argument("--workloads", default="128:64,64:32", help="comma-separated image_size:global_batch")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--setups", default=",".join(name for name, _ in SETUPS),
+                        help="comma-separated, from: " + ", ".join(name for name, _ in SETUPS) + " (plain always runs)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray instance")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "train_throughput.json"))
     args = parser.parse_args()
-    images, ages, genders = decoded_faces(args.images, args.size)
-    plain = plain_loop(args, images, ages, genders)
-    ddp = plain_ddp(args, images, ages, genders)
-    distributed = ray_train(args, images, ages, genders)
-    results = {
-        "machine": f"{platform.node()} ({os.cpu_count()} cores)",
-        "settings": settings(args),
-        "plain_images_per_s": plain,
-        "ddp_images_per_s": ddp,
-        "ray_images_per_s": distributed,
-        "ddp_ratio": ddp / plain,
-        "ratio": distributed / plain,
-    }
+    try:
+        workloads = [tuple(int(part) for part in item.split(":")) for item in args.workloads.split(",")]
+        if any(len(pair) != 2 or pair[1] % args.workers for pair in workloads):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--workloads {args.workloads!r}: want size:batch pairs, each batch divisible by --workers")
+    chosen = set(args.setups.split(",")) | {"plain"}
+    unknown = chosen - {name for name, _ in SETUPS}
+    if unknown:
+        parser.error(f"--setups: unknown {', '.join(sorted(unknown))}")
+    setups = [name for name, _ in SETUPS if name in chosen]
+    measured = [measure_workload(args, size, batch, setups) for size, batch in workloads]
+    results = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args), "workloads": measured}
     write_results(args.out, results)
-    print(f"\ntraining throughput, MobileNetV2 {args.size}px, global batch {args.batch}, last of {args.epochs} epochs ({results['machine']})")
-    print(f"{'setup':<44} {'images/s':>9}")
-    print(f"{'plain torch loop, 1 process x ' + str(args.workers) + ' threads':<44} {plain:>9.1f}")
-    print(f"{'torch DDP, ' + str(args.workers) + ' processes x 1 thread (gloo), no Ray':<44} {ddp:>9.1f}")
-    print(f"{'Ray Data -> Ray Train, ' + str(args.workers) + ' workers x 1 thread (gloo)':<44} {distributed:>9.1f}")
-    print(f"ratio DDP without Ray / plain: {results['ddp_ratio']:.2f}")
-    print(f"ratio Ray / plain: {results['ratio']:.2f} (goal >= 0.9)")
+    print(f"\ntraining throughput, MobileNetV2, {args.repeats} repeats, last of {args.epochs} epochs ({results['machine']})")
+    print(f"{'median images/s':<58} " + " ".join(f"{str(w['size']) + ' px b' + str(w['global_batch']):>12}" for w in measured))
+    labels = dict(SETUPS)
+    for name in setups:
+        row = " ".join(f"{w['median_images_per_s'][name]:>12.1f}" for w in measured)
+        print(f"{labels[name].format(workers=args.workers):<58} {row}")
+    for name in setups[1:]:
+        label = f"median paired ratio {name} / plain" + (" (goal >= 0.9)" if name == "ray" else "")
+        print(f"{label:<58} " + " ".join(f"{w[name + '_vs_plain']['median']:>12.2f}" for w in measured))
     print(f"wrote {args.out}")
     return 0
 

@@ -58,3 +58,26 @@ def test_not_a_state_dict(tmp_path):
     path.write_bytes(os.urandom(64))
     with pytest.raises(WeightsError, match="not a torch state dict"):
         build_model("resnet18", weights=str(path))
+
+
+# Randomly initialised Inception V3 in eval mode (no running statistics yet) has outputs ~1e5,
+# where another summation order alone moves the fourth digit.
+@pytest.mark.parametrize("backbone, size, rtol", [("mobilenet_v2", 64, 1e-4), ("inception_v3", 96, 1e-2)])
+def test_channels_last_changes_the_layout_not_the_outputs(backbone, size, rtol):
+    """model.channels_last (the default) is a speed choice: same weights, same embeddings."""
+    from agejobs.config import load_config
+    from agejobs.data import to_model_input
+    from agejobs.model import build_model_from_config
+
+    images = torch.randint(0, 256, (3, size, size, 3), dtype=torch.uint8)
+    outputs = {}
+    for channels_last in (True, False):
+        cfg = load_config(None, [f"model.backbone={backbone}", f"model.channels_last={str(channels_last).lower()}"])
+        torch.manual_seed(0)
+        model = build_model_from_config(cfg.model, "siamese").eval()
+        conv = next(module for module in model.modules() if isinstance(module, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        with torch.no_grad():
+            outputs[channels_last] = model(to_model_input(images, channels_last=channels_last))
+    for head in ("age", "gender"):
+        torch.testing.assert_close(outputs[True][head], outputs[False][head], rtol=rtol, atol=1e-4)
