@@ -16,7 +16,8 @@ Workloads are `image size:global batch` pairs: 128:64 is configs/utkface.yaml's 
 all-reduce, Python dispatch) weigh most. A shared VM's speed drifts by tens of percent within
 minutes, so each workload runs its setups back to back `--repeats` times and a ratio is the
 median of the per-repeat (paired) ratios; the table's images/s are medians too. A one-thread
-plain row (`--setups`) shows how well one process uses the second core (intra-op threads).
+plain row shows how well one process uses the second core (intra-op threads); `--setups
+plain_contiguous` adds the plain loop with model.channels_last off.
 Prints a table, writes bench/results/train_throughput.json.
 """
 
@@ -58,6 +59,7 @@ def bench_config(args, workers: int):
         "optim.name=adam", "optim.lr=0.001", f"train.batch_size={args.batch}", f"train.epochs={args.epochs}",
         f"train.num_workers={workers}", "train.torch_threads_per_worker=1", "train.cpus_per_worker=0.5",
         "train.max_time_s=0", "train.log_every_steps=0", "data.shuffle_buffer_size=0",
+        f"model.channels_last={str(args.channels_last).lower()}",
     ])
 
 
@@ -166,6 +168,7 @@ def ray_train(args, images, ages, genders) -> float:
 SETUPS = (
     ("plain", "plain torch loop, 1 process x {workers} threads"),
     ("plain_1_thread", "plain torch loop, 1 process x 1 thread"),
+    ("plain_contiguous", "plain torch loop, 1 process x {workers} threads, NCHW"),
     ("ddp", "torch DDP, {workers} processes x 1 thread (gloo), no Ray"),
     ("ray", "Ray Data -> Ray Train, {workers} workers x 1 thread (gloo)"),
 )
@@ -186,6 +189,8 @@ def run_setup(name: str, args, images, ages, genders) -> float:
         return in_fresh_process(plain_loop, args, images, ages, genders)
     if name == "plain_1_thread":
         return in_fresh_process(plain_loop, args, images, ages, genders, 1)
+    if name == "plain_contiguous":  # model.channels_last off: what NHWC buys on this CPU
+        return in_fresh_process(plain_loop, argparse.Namespace(**{**vars(args), "channels_last": False}), images, ages, genders)
     if name == "ddp":
         return plain_ddp(args, images, ages, genders)
     return ray_train(args, images, ages, genders)
@@ -196,7 +201,7 @@ def measure_workload(args, size: int, batch: int, setups: list[str]) -> dict:
     import statistics
 
     workload = copy.copy(args)
-    workload.size, workload.batch = size, batch
+    workload.size, workload.batch, workload.channels_last = size, batch, True
     images, ages, genders = decoded_faces(args.images, size)
     runs: dict[str, list[float]] = {name: [] for name in setups}
     for repeat in range(args.repeats):
@@ -223,7 +228,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--setups", default=",".join(name for name, _ in SETUPS),
+    parser.add_argument("--setups", default="plain_1_thread,ddp,ray",
                         help="comma-separated, from: " + ", ".join(name for name, _ in SETUPS) + " (plain always runs)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray instance")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "train_throughput.json"))
