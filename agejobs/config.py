@@ -68,8 +68,8 @@ class ModelConfig:
     gender_dim: int = 10
     dropout: float = 0.5
     # NHWC memory format for weights and inputs, on every device: oneDNN's CPU convolutions and
-    # cuDNN's tensor cores are both fastest in it (measured here, MobileNetV2 training step at
-    # 128 px on CPU: 1.57x one thread, 1.56x two threads; bench/README).
+    # cuDNN's tensor cores are both fastest in it (MobileNetV2 training at 128 px on 2 CPU
+    # cores: 2.05x, bench/bench_train_throughput.py --setups plain_contiguous; README).
     channels_last: bool = True
 
 

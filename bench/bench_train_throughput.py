@@ -3,7 +3,7 @@
     python bench/bench_train_throughput.py            # 2 workers x 1 thread vs 1 process x 2 threads
     python bench/bench_train_throughput.py --workloads 128:64 --repeats 3
 
-Both train the same model (MobileNetV2 at --size px, random init) with the same siamese loss,
+Both train the same model (MobileNetV2 at each workload's size, random init) with the same siamese loss,
 optimizer and global batch on the SAME pre-decoded uint8 tensors (synthetic faces, decoded once
 up front), so the comparison is the cost of the distributed machinery: Ray Data streaming the
 tensors into the workers (get_dataset_shard / iter_torch_batches), the embedding gather and DDP.
@@ -184,24 +184,26 @@ def in_fresh_process(function, *args):
         return pool.submit(function, *args).result()
 
 
+def with_settings(args, **changes) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
 def run_setup(name: str, args, images, ages, genders) -> float:
     if name == "plain":
         return in_fresh_process(plain_loop, args, images, ages, genders)
     if name == "plain_1_thread":
         return in_fresh_process(plain_loop, args, images, ages, genders, 1)
     if name == "plain_contiguous":  # model.channels_last off: what NHWC buys on this CPU
-        return in_fresh_process(plain_loop, argparse.Namespace(**{**vars(args), "channels_last": False}), images, ages, genders)
+        return in_fresh_process(plain_loop, with_settings(args, channels_last=False), images, ages, genders)
     if name == "ddp":
         return plain_ddp(args, images, ages, genders)
     return ray_train(args, images, ages, genders)
 
 
 def measure_workload(args, size: int, batch: int, setups: list[str]) -> dict:
-    import copy
     import statistics
 
-    workload = copy.copy(args)
-    workload.size, workload.batch, workload.channels_last = size, batch, True
+    workload = with_settings(args, size=size, batch=batch, channels_last=True)
     images, ages, genders = decoded_faces(args.images, size)
     runs: dict[str, list[float]] = {name: [] for name in setups}
     for repeat in range(args.repeats):
