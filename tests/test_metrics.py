@@ -121,7 +121,12 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
                  "agejobs_train_positive_pair_ratio", "agejobs_train_images_per_second", "agejobs_train_epoch",
                  "agejobs_train_seconds_since_checkpoint", "agejobs_train_gather_seconds_total"):
         assert name in during, sorted(during)
-    assert 0 < during["agejobs_train_positive_pair_ratio"] < 1 and during["agejobs_train_images_per_second"] > 0
+    # A global batch of 8 faces aged 1-80 has no pair within 3 years about one time in 25, so a
+    # single value may be 0: every scraped value lies in [0, 1] and some step saw positives.
+    ratios = [sample["agejobs_train_positive_pair_ratio"] for sample in seen["train"]
+              if "agejobs_train_positive_pair_ratio" in sample]
+    assert all(0 <= ratio <= 1 for ratio in ratios) and max(ratios) > 0, ratios
+    assert during["agejobs_train_images_per_second"] > 0
 
     scored = [sample.get("agejobs_score_images_total", 0.0) for sample in seen["score"]]
     assert scored == sorted(scored) and scored[-1] == 800 and len({v for v in scored if v}) >= 2, scored
