@@ -21,8 +21,10 @@ BIN = os.path.dirname(sys.executable)
 @pytest.fixture
 def ray_head():
     """A local head on free ports; yields the dashboard (job) address; ends only its processes."""
-    with LocalRayHead(num_cpus=4) as head:
+    head = LocalRayHead(num_cpus=4)
+    with head:
         yield head.dashboard_url, head.env
+    assert not os.path.exists(head.temp_dir)  # no logs and sockets left behind in /tmp
 
 
 def test_ray_job_submit_trains_to_completion(ray_head, tmp_path):
