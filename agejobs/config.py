@@ -188,7 +188,7 @@ SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key")
 @dataclass
 class RayConfig:
     address: str = ""  # empty = start a local Ray instance
-    num_cpus: int = 0  # 0 = all cores of this machine
+    num_cpus: int = 0  # logical CPUs of a local instance; 0 = all cores, at least 4 (ray_runtime.MIN_LOCAL_CPUS)
     # Metrics (agejobs/metrics.py): Ray's metrics agent port for a local instance (0 = Ray's
     # choice, unscraped), and this process's prometheus_client endpoint (0 = off).
     metrics_export_port: int = 0

@@ -12,6 +12,12 @@ import shutil
 import tempfile
 
 
+# Logical CPUs of a local instance when none are given: Ray Data's ListFiles task takes 1 CPU and
+# cannot be told otherwise, and embedding pipelines hold 1.5 in actors (decode 0.5, embed 1) from
+# the start, so on a 2-core machine a gallery build could wait forever for its file listing.
+MIN_LOCAL_CPUS = 4
+
+
 @contextlib.contextmanager
 def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True, metrics_export_port: int = 0):
     """Yield with Ray initialised; shut down afterwards only if this call started it.
@@ -28,8 +34,9 @@ def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True, metric
         yield
         return
     if address or os.environ.get("RAY_ADDRESS"):
-        # Under `ray job submit` the driver inherits RAY_ADDRESS and joins that cluster.
-        ray.init(address=address or None, log_to_driver=not quiet)
+        # Under `ray job submit` the driver inherits RAY_ADDRESS and joins that cluster; its
+        # workers' lines (the per-step training log) go to the job's log, as they do locally.
+        ray.init(address=address or None, log_to_driver=True)
         try:
             yield
         finally:
@@ -37,7 +44,7 @@ def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True, metric
         return
     # Short path: Ray's unix sockets live under it and must stay below ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="agejobs-ray-", dir="/tmp")
-    cpus = num_cpus or os.cpu_count() or 1
+    cpus = num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS)
     ray.init(
         num_cpus=cpus,
         _temp_dir=temp_dir,
@@ -46,12 +53,27 @@ def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True, metric
         log_to_driver=True,  # workers print the per-step training log
         configure_logging=True,
         logging_level="WARNING" if quiet else "INFO",
+        runtime_env={"worker_process_setup_hook": f"{__name__}.{without_dashboard_noise.__name__}"},
     )
     try:
         yield
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# Ray Train V2's PlacementGroupCleaner asks the State API (served by the dashboard) every few
+# seconds whether the train controller lives; with the dashboard off each query fails and logs a
+# warning: ~80% of the lines of a `make utkface` log. A local instance's placement groups end with
+# the instance anyway, so that warning says nothing here (ray-project/ray#65447 reworks the cleaner).
+PLACEMENT_GROUP_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def without_dashboard_noise() -> None:
+    """Worker-process setup hook of a local instance (run in every Ray worker before its task)."""
+    import logging
+
+    logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
 def quiet_ray_data() -> None:

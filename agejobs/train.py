@@ -9,6 +9,7 @@ model + optimizer + TrainState; `restore_state` is the only place a run resumes 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -23,6 +24,11 @@ from agejobs import distributed, losses, metrics
 from agejobs.config import Config, config_from_dict, config_to_dict
 from agejobs.data import to_model_input
 from agejobs.model import build_model_from_config
+
+# Ray Train sends a worker's root logger to the driver's console and to its app log file. A bare
+# print() in a Ray 2.60 worker is written twice (the print patch tees to the worker's replaced
+# sys.stdout and also logs it), so worker lines go through this logger.
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -284,7 +290,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             optimizer.step()
             state.step += 1
             if cfg.train.fail_at_step and state.step == cfg.train.fail_at_step and not resumed and rank == world - 1:
-                print(f"[train] fault drill: worker {rank} exits at step {state.step}", flush=True)
+                logger.warning(f"[train] fault drill: worker {rank} exits at step {state.step}")
                 os._exit(1)
             epoch_steps += 1
             epoch_samples += local_batch * world
@@ -296,7 +302,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 record_step_metrics(log, local_batch * world, rate, time.monotonic() - last_checkpoint)
             if rank == 0 and cfg.train.log_every_steps and state.step % cfg.train.log_every_steps == 0:
                 parts = " ".join(f"{k}={v:.4g}" for k, v in log.items())
-                print(f"[train] epoch {state.epoch + 1} step {state.step} {parts} images/s={rate:.1f}", flush=True)
+                logger.info(f"[train] epoch {state.epoch + 1} step {state.step} {parts} images/s={rate:.1f}")
             # Workers' clocks differ: with a time budget the slowest one's elapsed time drives the
             # LR and the stop, so every worker takes the same decision at the same step. Without
             # one, progress is step-based and identical everywhere: no collective needed.
@@ -329,7 +335,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 save_checkpoint(directory, model, optimizer, state, cfg)
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
-                print(f"[train] epoch {state.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)), flush=True)
+                logger.info(f"[train] epoch {state.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
             ray.train.report(report, checkpoint=checkpoint)
         last_checkpoint = time.monotonic()
         if rank == 0:

@@ -40,6 +40,8 @@ def test_ray_job_submit_trains_to_completion(ray_head, tmp_path):
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
+    # The job's log carries each worker line once (a bare print in a Ray Train worker came out twice).
+    assert done.stdout.count("[train] epoch 1 done:") == 1, done.stdout[-3000:]
     result = json.loads([line for line in done.stdout.splitlines() if line.startswith('{"checkpoint"')][-1])
     assert result["checkpoint"].startswith(str(workdir / "runs" / "siamese"))
     assert os.path.exists(os.path.join(result["checkpoint"], "checkpoint.pt"))
