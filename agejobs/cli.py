@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("agejobs").setLevel(logging.INFO)
     try:
         return args.handler(args)
-    except (ValueError, StorageError) as error:  # config, input, weights, storage: a message, not a traceback
+    # Config, input, weights, storage, a checkpoint or manifest that is not there: a message naming
+    # the input, not a traceback.
+    except (ValueError, FileNotFoundError, StorageError) as error:
         print(f"agejobs {args.command}: error: {error}", file=sys.stderr)
         return 2

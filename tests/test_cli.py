@@ -45,3 +45,12 @@ def test_ingest_utkface_prints_counts(tmp_path, capsys):
 def test_bad_override_is_a_clear_error(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path), "train.batchsize=3"]) == 2
     assert "unknown config key train.batchsize" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    argv = ["gallery", "build", "--checkpoint", str(tmp_path / "runs" / "nope"), "--source", str(tmp_path / "m.parquet"),
+            "--out", str(tmp_path / "gallery"), "ray.num_cpus=1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"agejobs gallery: error: {tmp_path / 'runs' / 'nope'} is not an agejobs checkpoint" in err
+    assert "Traceback" not in err
