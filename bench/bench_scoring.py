@@ -2,6 +2,7 @@
 when the archive is 10x larger.
 
     python bench/bench_scoring.py                    # 2,000 and 20,000 faces, 64 px, 2 cores
+    python bench/bench_scoring.py model.channels_last=false --out bench/results/scoring_nchw.json
 
 Setup: synthetic faces written as loose JPEGs (the nightly archive), an untrained MobileNetV2 at
 --size px saved as a checkpoint (throughput does not depend on the weights' values), and a
@@ -38,6 +39,7 @@ def overrides(args) -> list[str]:
         f"score.batch_size={args.batch}", f"eval.embed_batch_size={args.batch}", "score.shard_images=1000",
         f"score.embed_concurrency={args.embed_actors}", "score.decode_concurrency=1", "score.search_concurrency=1",
         f"ray.num_cpus={args.num_cpus}",
+        *args.overrides,
     ]
 
 
@@ -79,6 +81,7 @@ def main() -> int:
     parser.add_argument("--embed-actors", type=int, default=2, help="1-thread embedding actors of the Ray run")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray instance")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "scoring.json"))
+    parser.add_argument("overrides", nargs="*", help="config key=value for both setups, e.g. model.channels_last=false")
     args = parser.parse_args()
 
     from agejobs.config import load_config
