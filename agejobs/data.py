@@ -70,6 +70,10 @@ class DecodeFaces:
 # Rows per streamed block: blocks must not grow with the dataset, or neither does memory stay flat.
 ROWS_PER_BLOCK = 512
 
+# Reading manifests, packs and archives is I/O: a quarter CPU per read task, so reads never wait
+# behind the decode and embed actor pools for a whole logical CPU.
+READ_TASK_CPUS = 0.25
+
 
 def manifest_rows(manifest_uri: str) -> int:
     """Rows of a manifest, from its Parquet footer (no data read)."""
@@ -148,14 +152,13 @@ def manifest_dataset(
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.TaskPoolStrategy(size=read_concurrency),
-            num_cpus=0.25,
+            num_cpus=READ_TASK_CPUS,
         )
     else:
         filesystem, path = storage.arrow_filesystem(source_uri)
         blocks = max(blocks, -(-manifest_rows(source_uri) // ROWS_PER_BLOCK))
-        # Reading is I/O: a quarter CPU, as for packs, so reads never wait behind the actor pools.
         ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, concurrency=read_concurrency,
-                                   num_cpus=0.25)
+                                   num_cpus=READ_TASK_CPUS)
         ds = ds.select_columns(columns)
     if split is not None:
         ds = ds.filter(expr=col("split") == split)

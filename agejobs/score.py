@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from agejobs import metrics, pack, storage
 from agejobs.config import Config
-from agejobs.data import DecodeFaces, read_row_groups
+from agejobs.data import READ_TASK_CPUS, DecodeFaces, read_row_groups
 from agejobs.datasets.manifest import write_table_atomic
 from agejobs.gallery import Embedder, check_gallery_matches, checkpoint_identity, load_gallery, read_gallery_manifest
 
@@ -260,7 +260,7 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
         settings = cfg.score
         ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors)).map_batches(
             read_input_rows, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=settings.read_concurrency), num_cpus=0.25,
+            compute=ray.data.TaskPoolStrategy(size=settings.read_concurrency), num_cpus=READ_TASK_CPUS,
         )
         ds = ds.map_batches(
             DecodeFaces, fn_constructor_kwargs={"image_size": image_size, "face_crop": face_crop},
