@@ -1,16 +1,32 @@
 """Faces as Ray Data streams, from loose images or packed shards, local or s3://.
 
-    SOURCE -> read_parquet -> filter(split) -> [shuffle blocks] -> map_batches(DecodeFaces)
-           -> {"image": uint8 (n, S, S, 3), "age", "gender", "image_id", "error"}
+    evaluation:  SOURCE -> read -> filter(split) -> map_batches(DecodeFaces)
+    training:    SOURCE -> the split's rows in a fresh seeded order every epoch -> DecodeFaces
+    both yield   {"image": uint8 (n, S, S, 3), "age", "gender", "image_id", "error"}
 
 SOURCE is either a manifest (one Parquet file; each row names an image file by `path`, one GET
 per image) or a pack directory (`agejobs pack`: shards carrying the image bytes themselves).
-Either way nothing is materialised: rows stream through the decode actors in blocks.
+Either way no pixels are materialised: rows stream through the decode actors in blocks.
 The preprocessing itself is images.preprocess_encoded, the same function everywhere.
 
 Decoding and resizing run in Ray Data on CPU (so CPU nodes can feed GPU trainers) and ship uint8
-(4x smaller than float); `to_model_input` normalizes on the model's device. A face that cannot be
-decoded becomes a row with a non-empty `error`, never an exception that kills the job.
+(4x smaller than float); `to_model_input` normalizes on the model's device and `random_flip`
+augments there. A face that cannot be decoded becomes a row with a non-empty `error`, never an
+exception that kills the job.
+
+The training shuffle: batches must be mixed as a random permutation mixes them, whatever the
+order of the source (importers list files by name, and UTKFace's names begin with the age).
+- A manifest: the split's index (image_id, path, age, gender: ~100 bytes a face, no pixels) is
+  read once by the driver, and Ray Data shuffles it in full every epoch (`random_shuffle`,
+  seeded by train.seed and the epoch's execution index), then cuts it into blocks of
+  SHUFFLED_BLOCK_ROWS rows that stream through decoding. Every global batch is a slice of a true
+  random permutation. Cost: the index in the object store (~100 MB per million faces) and one
+  all-to-all of the index per epoch before its first decode (README: measured).
+- A pack: its rows carry the image bytes, so a full shuffle would push every image through the
+  object store. Instead `pack` writes its rows in a seeded random permutation of the manifest
+  (so every row group is a uniform sample), the row groups are read in a fresh seeded order
+  every epoch, and each worker's local buffer (data.shuffle_buffer_size rows) mixes rows of
+  several row groups.
 """
 
 from __future__ import annotations
@@ -34,30 +50,35 @@ def to_model_input(images: "torch.Tensor", channels_last: bool = False) -> "torc
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch.contiguous()
 
 
+def random_flip(images: "torch.Tensor", probability: float = 0.5) -> "torch.Tensor":  # noqa: F821
+    """Training augmentation on uint8 (n, H, W, 3): each face mirrored left-right with `probability`.
+
+    Drawn from the worker's torch RNG (seeded per rank, saved in checkpoints), not in the decode
+    actors, so one seed gives one training run."""
+    import torch
+
+    flip = torch.rand(len(images), device=images.device) < probability
+    return torch.where(flip.reshape(-1, 1, 1, 1), images.flip(2), images)
+
+
 class DecodeFaces:
     """Ray Data stage: manifest rows -> decoded, resized uint8 faces (+ labels, + error reason).
 
-    `flip_probability` > 0 only for training (horizontal flip augmentation); evaluation and
-    scoring use 0, so every face is seen exactly as at test time.
-    """
+    Every face comes out exactly as at test time; training augments later (`random_flip`)."""
 
-    def __init__(self, image_size: int, flip_probability: float = 0.0, seed: int | None = None, face_crop: bool = False):
+    def __init__(self, image_size: int, face_crop: bool = False):
         self.image_size = image_size
         self.face_crop = face_crop
-        self.flip_probability = flip_probability
-        # Unseeded for training: each epoch re-executes the stage and should flip differently.
-        self.rng = np.random.default_rng(seed)
 
     def __call__(self, batch: dict) -> dict:
         paths = batch["path"]
         packed_bytes = batch.get("image_bytes")  # present when reading shards of a pack
         images = np.zeros((len(paths), self.image_size, self.image_size, 3), dtype=np.uint8)
         errors = []
-        flips = self.rng.random(len(paths)) < self.flip_probability
         for index, path in enumerate(paths):
             try:
                 data = packed_bytes[index] if packed_bytes is not None else storage.read_bytes(path)
-                images[index] = preprocess_encoded(data, self.image_size, flips[index], path, face_crop=self.face_crop)
+                images[index] = preprocess_encoded(data, self.image_size, path, face_crop=self.face_crop)
                 errors.append("")
             except (ImageDecodeError, OSError) as error:
                 errors.append(str(error))
@@ -127,44 +148,78 @@ def pack_row_groups(pack_uri: str) -> list[dict]:
     return descriptors
 
 
-def manifest_dataset(
-    source_uri: str, split: str | None = None, shuffle: bool = False, blocks: int = 16, read_concurrency: int = 2
-):
-    """Rows of one split of a manifest or a pack as a Ray Dataset (not yet decoded).
+def pack_dataset(pack_uri: str, columns: list[str], read_concurrency: int = 2, order=None):
+    """Rows of a pack, one row group per block (`read_row_groups`); with `order` (a Ray Data
+    seed config) the row groups are read in a fresh seeded order every epoch."""
+    import ray
 
-    A pack is read one row group per block (`read_row_groups`), a manifest in blocks of at most
-    ~ROWS_PER_BLOCK rows: block sizes do not grow with the archive, so neither does memory
-    (bench/bench_streaming.py), and at most `read_concurrency` read tasks run at once.
-    Shuffling is streaming-friendly: block order is randomized every epoch and the trainer's
-    local shuffle buffer mixes rows across blocks. A full `random_shuffle` is an all-to-all
-    barrier that stalls every epoch's first batch.
+    descriptors = pack_row_groups(pack_uri)
+    ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
+    if order is not None:
+        ds = ds.randomize_block_order(seed=order)
+    return ds.map_batches(
+        read_row_groups,
+        fn_kwargs={"columns": columns},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=read_concurrency),
+        num_cpus=READ_TASK_CPUS,
+    )
+
+
+ROW_COLUMNS = ["image_id", "path", "age", "gender", "split"]
+
+
+def manifest_dataset(source_uri: str, split: str | None = None, blocks: int = 16, read_concurrency: int = 2,
+                     pack_order=None):
+    """Rows of one split of a manifest or a pack as a Ray Dataset (not yet decoded), in source order
+    (a pack's row groups in `pack_order`'s, when given).
+
+    A pack is read one row group per block, a manifest in blocks of at most ~ROWS_PER_BLOCK rows:
+    block sizes do not grow with the archive, so neither does memory (bench/bench_streaming.py),
+    and at most `read_concurrency` read tasks run at once.
     """
     import ray
     from ray.data.expressions import col
 
-    columns = ["image_id", "path", "age", "gender", "split"]
     if pack.is_pack(source_uri):
-        columns.append("image_bytes")
-        descriptors = pack_row_groups(source_uri)
-        ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors)).map_batches(
-            read_row_groups,
-            fn_kwargs={"columns": columns},
-            batch_size=1,
-            batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=read_concurrency),
-            num_cpus=READ_TASK_CPUS,
-        )
+        ds = pack_dataset(source_uri, ROW_COLUMNS + ["image_bytes"], read_concurrency, pack_order)
     else:
         filesystem, path = storage.arrow_filesystem(source_uri)
         blocks = max(blocks, -(-manifest_rows(source_uri) // ROWS_PER_BLOCK))
         ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, concurrency=read_concurrency,
                                    num_cpus=READ_TASK_CPUS)
-        ds = ds.select_columns(columns)
+        ds = ds.select_columns(ROW_COLUMNS)
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
-    if shuffle:
-        ds = ds.randomize_block_order()
     return ds
+
+
+# Rows per block of the shuffled index: an epoch's first batch waits for one block's decoding.
+SHUFFLED_BLOCK_ROWS = 256
+# Rows per block of the index before the shuffle: the shuffle's map tasks run in parallel over them.
+INDEX_BLOCK_ROWS = 65_536
+
+
+def shuffled_rows(source_uri: str, split: str | None, seed: int, read_concurrency: int = 2):
+    """Rows of one split in a fresh order every epoch, seeded (same seed, same orders); see the
+    module docstring for the manifest and the pack case."""
+    import pyarrow.compute as pc
+    import ray
+    from ray.data import RandomSeedConfig
+
+    # reseed_after_execution: each execution of the dataset (an epoch) gets seed + its index.
+    order = RandomSeedConfig(seed=seed, reseed_after_execution=True)
+    if pack.is_pack(source_uri):
+        return manifest_dataset(source_uri, split, read_concurrency=read_concurrency, pack_order=order)
+    index = label_table(source_uri, tuple(ROW_COLUMNS))
+    if split is not None:
+        index = index.filter(pc.equal(index["split"], split))
+    if index.num_rows == 0:
+        raise ValueError(f"{source_uri} has no rows in split {split!r}")
+    pieces = [index.slice(start, INDEX_BLOCK_ROWS) for start in range(0, index.num_rows, INDEX_BLOCK_ROWS)]
+    ds = ray.data.from_arrow(pieces).random_shuffle(seed=order, num_cpus=READ_TASK_CPUS)
+    return ds.repartition(target_num_rows_per_block=SHUFFLED_BLOCK_ROWS)
 
 
 def face_dataset(
@@ -178,19 +233,20 @@ def face_dataset(
     blocks: int = 16,
     face_crop: bool = False,
     read_concurrency: int = 2,
+    seed: int = 0,
 ):
-    """Decoded faces of one split, streaming. Errored rows are dropped unless `keep_errors`."""
+    """Decoded faces of one split, streaming; for training (`train`) in a fresh order every epoch
+    (`shuffled_rows`, seeded by `seed`). Errored rows are dropped unless `keep_errors`."""
     from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
-    ds = manifest_dataset(manifest_uri, split, shuffle=train, blocks=blocks, read_concurrency=read_concurrency)
+    if train:
+        ds = shuffled_rows(manifest_uri, split, seed, read_concurrency)
+    else:
+        ds = manifest_dataset(manifest_uri, split, blocks=blocks, read_concurrency=read_concurrency)
     ds = ds.map_batches(
         DecodeFaces,
-        fn_constructor_kwargs={
-            "image_size": image_size,
-            "flip_probability": 0.5 if train else 0.0,
-            "face_crop": face_crop,
-        },
+        fn_constructor_kwargs={"image_size": image_size, "face_crop": face_crop},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=concurrency),

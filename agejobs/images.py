@@ -1,7 +1,7 @@
 """THE image preprocessing, shared by training, evaluation and scoring: bytes -> RGB uint8 face.
 
     preprocess_encoded(bytes, size) = decode (EXIF-oriented RGB) [-> face crop] -> resize to
-                                      size x size [-> flip]
+                                      size x size
 
 Pure functions of the bytes, with no Ray and no torch, so every stage calls the same code.
 Every bad input raises ImageDecodeError (a ValueError) whose message is "<source>: <reason>";
@@ -199,10 +199,9 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.BILINEAR))
 
 
-def preprocess_encoded(
-    data: bytes, size: int, flip: bool = False, source: str = "<bytes>", face_crop: bool = False
-) -> np.ndarray:
-    """The one preprocessing path: decode -> RGB [-> face crop] -> resize -> optional flip.
+def preprocess_encoded(data: bytes, size: int, source: str = "<bytes>", face_crop: bool = False) -> np.ndarray:
+    """The one preprocessing path: decode -> RGB [-> face crop] -> resize (training's flips
+    come later, on the batch: data.random_flip).
 
     With face_crop, an image where no face is found is kept whole rather than dropped: the
     archives are mostly pre-cropped faces, and a miss (profile, occlusion, dim light) there is
@@ -213,5 +212,4 @@ def preprocess_encoded(
         box = detect_face(image)
         if box is not None:
             image = crop_face(image, box)
-    image = resize_square(image, size)
-    return image[:, ::-1] if flip else image
+    return resize_square(image, size)

@@ -8,6 +8,10 @@ shards of ~64 MB are read in large sequential requests instead (bench/bench_stre
     OUT/shard-00000.parquet           image_id, path, image_bytes, age, gender, subject_id, split, dataset
     OUT/shard-00000.parquet.done      {"rows_in", "rows_ok", "rows_rejected"}  (written LAST)
 
+Rows go into the shards in a seeded random permutation of the manifest (`row_order_seed`,
+recorded in the plan), whatever the manifest's order: every shard and row group is then a
+uniform sample of the faces, which is what training's streaming shuffle relies on (data.py).
+
 A shard is finished when its done-marker exists, so a rerun (after a crash, or nightly on the
 same plan) skips finished shards and redoes only the rest. The plan is fixed by the manifest and
 the target size, and a rerun refuses a plan that no longer matches. Every manifest row ends in
@@ -53,10 +57,21 @@ class PackPlan:
     num_shards: int
     target_shard_bytes: int
     verify_images: bool
+    # None: the manifest's own order (plans written before rows were permuted).
+    row_order_seed: int | None = None
 
     def shard_rows(self, index: int) -> range:
+        """Positions in the permuted row order (`manifest_order`) that shard `index` holds."""
         start = index * self.rows_per_shard
         return range(start, min(start + self.rows_per_shard, self.rows))
+
+    def manifest_order(self):
+        """Manifest row of each packed position: a seeded permutation (or the identity)."""
+        import numpy as np
+
+        if self.row_order_seed is None:
+            return np.arange(self.rows)
+        return np.random.default_rng(self.row_order_seed).permutation(self.rows)
 
 
 def shard_uri(out_uri: str, index: int) -> str:
@@ -88,16 +103,19 @@ def _mean_file_bytes(paths: list[str]) -> float:
     return sum(sizes) / len(sizes) if sizes else 1.0
 
 
-def make_plan(manifest: pa.Table, source: str, target_shard_bytes: int, verify_images: bool) -> PackPlan:
+def make_plan(manifest: pa.Table, source: str, target_shard_bytes: int, verify_images: bool, row_order_seed: int = 0) -> PackPlan:
     rows = manifest.num_rows
     rows_per_shard = max(1, int(target_shard_bytes // _mean_file_bytes(manifest.column("path").to_pylist())))
     num_shards = max(1, math.ceil(rows / rows_per_shard))
-    return PackPlan(source, rows, rows_per_shard, num_shards, target_shard_bytes, verify_images)
+    return PackPlan(source, rows, rows_per_shard, num_shards, target_shard_bytes, verify_images, row_order_seed)
 
 
-def shard_slice(manifest: pa.Table, plan: PackPlan, index: int) -> pa.Table:
+def shard_slice(manifest: pa.Table, plan: PackPlan, index: int, order=None) -> pa.Table:
+    """The manifest rows of shard `index`; `order` is plan.manifest_order(), passed in when
+    slicing many shards so the permutation is drawn once."""
     rows = plan.shard_rows(index)
-    return manifest.slice(rows.start, len(rows))
+    order = plan.manifest_order() if order is None else order
+    return manifest.take(order[rows.start : rows.stop])
 
 
 def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -> dict:
@@ -157,9 +175,10 @@ def pack(
     todo = [index for index, counts in results.items() if counts is None]
     skipped = plan.num_shards - len(todo)
     log.info("pack %s -> %s: %d shards, %d already done", manifest_uri, out_uri, plan.num_shards, skipped)
+    order = plan.manifest_order()
     if runner == "inline":
         for index in todo:
-            results[index] = pack_shard(shard_slice(manifest, plan, index), out_uri, plan, index)
+            results[index] = pack_shard(shard_slice(manifest, plan, index, order), out_uri, plan, index)
     elif runner == "ray":
         import ray
 
@@ -169,7 +188,7 @@ def pack(
         while queue or pending:
             while queue and len(pending) < max_in_flight:
                 index = queue.pop(0)
-                pending[remote_pack.remote(shard_slice(manifest, plan, index), out_uri, plan, index)] = index
+                pending[remote_pack.remote(shard_slice(manifest, plan, index, order), out_uri, plan, index)] = index
             ready, _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(ready[0])
             results[index] = ray.get(ready[0])

@@ -62,7 +62,7 @@ def plain_loop(archive: str, checkpoint: str, gallery_uri: str, batch: int, thre
     paths = [uri for uri, _ in storage.find_files(archive)]
     scored = 0
     for start in range(0, len(paths), batch):
-        images = np.stack([preprocess_encoded(storage.read_bytes(p), size, False, p) for p in paths[start : start + batch]])
+        images = np.stack([preprocess_encoded(storage.read_bytes(p), size, p) for p in paths[start : start + batch]])
         with torch.inference_mode():
             outputs = trained.model(to_model_input(torch.from_numpy(images), channels_last=trained.cfg.model.channels_last))
         estimates = gallery.estimate(outputs["age"].float().numpy(), outputs["gender"].float().numpy())

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from agejobs.data import DecodeFaces, to_model_input
+from agejobs.data import DecodeFaces, random_flip, to_model_input
 from agejobs.images import IMAGENET_MEAN, decode_image, preprocess_encoded
 
 
@@ -17,15 +17,24 @@ def jpeg_bytes(array: np.ndarray, **save_kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def test_preprocess_resizes_and_flips():
+def test_preprocess_resizes():
     image = np.zeros((20, 40, 3), dtype=np.uint8)
     image[:, :20] = 255  # left half white
-    data = jpeg_bytes(image, quality=100)
-    plain = preprocess_encoded(data, 16)
-    flipped = preprocess_encoded(data, 16, flip=True)
+    plain = preprocess_encoded(jpeg_bytes(image, quality=100), 16)
     assert plain.shape == (16, 16, 3) and plain.dtype == np.uint8
     assert plain[:, :4].mean() > 200 and plain[:, -4:].mean() < 50
-    np.testing.assert_array_equal(flipped, plain[:, ::-1])
+
+
+def test_random_flip_mirrors_about_half_the_faces_from_the_torch_rng():
+    images = torch.arange(64 * 2 * 3 * 3, dtype=torch.int32).reshape(64, 2, 3, 3).to(torch.uint8)
+    torch.manual_seed(0)
+    flipped = random_flip(images)
+    mirrored = [bool(torch.equal(out, image.flip(1))) for out, image in zip(flipped, images)]
+    unchanged = [bool(torch.equal(out, image)) for out, image in zip(flipped, images)]
+    assert all(m != u for m, u in zip(mirrored, unchanged))  # each face: exactly one of the two
+    assert 16 < sum(mirrored) < 48
+    torch.manual_seed(0)
+    assert torch.equal(random_flip(images), flipped)  # one seed, one augmentation
 
 
 def test_grayscale_and_alpha_become_rgb():

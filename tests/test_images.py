@@ -180,7 +180,7 @@ def test_without_a_face_the_whole_image_is_kept():
     assert detect_face(flat) is None
     data = encode(Image.fromarray(flat), "PNG")
     np.testing.assert_array_equal(
-        preprocess_encoded(data, 32, flip=True, face_crop=True), preprocess_encoded(data, 32, flip=True)
+        preprocess_encoded(data, 32, face_crop=True), preprocess_encoded(data, 32)
     )
 
 
@@ -191,5 +191,5 @@ def test_cascade_is_loaded_once_per_process():
 def test_default_signature_still_works():
     data = io.BytesIO()
     Image.new("RGB", (30, 20), (10, 200, 30)).save(data, format="PNG")
-    out = preprocess_encoded(data.getvalue(), 16, True, "x.png")
+    out = preprocess_encoded(data.getvalue(), 16, "x.png")
     assert out.shape == (16, 16, 3) and out[0, 0].tolist() == [10, 200, 30]
