@@ -51,12 +51,17 @@ def _serve_metrics(port: int) -> None:
     print(f"metrics: http://0.0.0.0:{port}/metrics", flush=True)
 
 
-def _ray_for(cfg):
+def _console(args) -> str:
+    """How much of Ray's own output reaches this console: none unless --verbose."""
+    return "verbose" if getattr(args, "verbose", False) else "quiet"
+
+
+def _ray_for(cfg, args):
     """Ray for a command: the configured cluster, or a private local instance whose metrics agent
     listens on ray.metrics_export_port."""
     from agejobs.ray_runtime import ray_session
 
-    return ray_session(cfg.ray.address, cfg.ray.num_cpus, metrics_export_port=cfg.ray.metrics_export_port)
+    return ray_session(cfg.ray.address, cfg.ray.num_cpus, console=_console(args), metrics_export_port=cfg.ray.metrics_export_port)
 
 
 def main_synth(args) -> int:
@@ -85,7 +90,7 @@ def main_ingest(args) -> int:
         from agejobs.ray_runtime import quiet_ray_data, ray_session
         from agejobs.verify import verify_import
 
-        with ray_session(num_cpus=args.num_cpus):
+        with ray_session(num_cpus=args.num_cpus, console=_console(args)):
             quiet_ray_data()
             result = verify_import(result, "ray", concurrency=max(1, args.num_cpus or os.cpu_count() or 1))
     counts = write_import(result, args.out)
@@ -97,7 +102,7 @@ def main_pack(args) -> int:
     from agejobs.pack import pack
     from agejobs.ray_runtime import ray_session
 
-    with ray_session(num_cpus=args.num_cpus):
+    with ray_session(num_cpus=args.num_cpus, console=_console(args)):
         _print_json(pack(args.manifest, args.out, int(args.shard_mb * 2**20), verify_images=not args.no_verify))
     return 0
 
@@ -109,7 +114,7 @@ def _run_experiment(args) -> int:
     from agejobs.ray_runtime import quiet_ray_data
 
     cfg = _load(args)
-    with _ray_for(cfg):
+    with _ray_for(cfg, args):
         quiet_ray_data()
         report = run_experiment(cfg, args.workdir)
     return _print_experiment(report)
@@ -137,7 +142,7 @@ def _run_demo_on_local_s3(args) -> int:
         cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, pack=True))
         endpoint.create_bucket(DEMO_BUCKET)
         remote_workdir = f"s3://{DEMO_BUCKET}/{os.path.basename(local_workdir.rstrip('/')) or 'demo'}"
-        with _ray_for(cfg):
+        with _ray_for(cfg, args):
             quiet_ray_data()
             report = run_experiment(cfg, remote_workdir)
         fs, remote_path = storage.filesystem_for(remote_workdir)
@@ -179,9 +184,10 @@ def main_train(args) -> int:
     storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
     path = cfg.train.storage_path
     checkpoints = path if storage.is_remote(path) or os.path.isabs(path) else storage.join(workdir, path)
-    with _ray_for(cfg):
+    with _ray_for(cfg, args):
         quiet_ray_data()
-        outcome = run_training(cfg, args.manifest, args.name or cfg.train.method, checkpoints)
+        name = args.name or cfg.train.method
+        outcome = run_training(cfg, args.manifest, name, checkpoints, progress_label=name)
     _print_json({"checkpoint": outcome.checkpoint_path, **{k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}})
     return 0
 
@@ -191,7 +197,7 @@ def main_gallery_build(args) -> int:
     from agejobs.ray_runtime import quiet_ray_data
 
     cfg = _load(args)
-    with _ray_for(cfg):
+    with _ray_for(cfg, args):
         quiet_ray_data()
         manifest = build_gallery(args.checkpoint, args.source, _workdir(args.out), cfg)
     keys = ("gallery_version", "count", "faces_embedded", "age_embedding_dim", "gender_index", "distance", "search", "build_seconds")
@@ -204,7 +210,7 @@ def main_score(args) -> int:
     from agejobs.score import default_run_id, score_archive
 
     cfg = _load(args)
-    with _ray_for(cfg):
+    with _ray_for(cfg, args):
         quiet_ray_data()
         summary = score_archive(
             args.archive, _workdir(args.out), args.run_id or default_run_id(), args.checkpoint, args.gallery, cfg
@@ -219,19 +225,17 @@ def main_evaluate(args) -> int:
     if not (args.checkpoint and args.manifest):
         raise ValueError("evaluate needs --checkpoint and --manifest, or --scored and --labels")
     from agejobs import evaluate, storage
-    from agejobs.experiment import SIAMESE, direct_report, knn_reports
+    from agejobs.experiment import SIAMESE, method_reports
     from agejobs.gallery import load_trained_model
     from agejobs.ray_runtime import quiet_ray_data
 
     cfg = load_trained_model(args.checkpoint).cfg
     workdir = _workdir(args.workdir)
     plots_dir = storage.join(workdir, "plots")
-    with _ray_for(cfg):
+    with _ray_for(cfg, args):
         quiet_ray_data()
-        if cfg.train.method == "siamese":
-            reports = knn_reports(SIAMESE, args.checkpoint, args.manifest, cfg, plots_dir)
-        else:
-            reports = [direct_report(cfg.train.method, args.checkpoint, args.manifest, cfg)]
+        name = SIAMESE if cfg.train.method == "siamese" else cfg.train.method
+        reports = method_reports(name, args.checkpoint, args.manifest, cfg, plots_dir)
     evaluate.plot_cs_curves(reports, storage.join(plots_dir, "cs_curve.png"))
     evaluate.plot_mae_by_age(reports, storage.join(plots_dir, "mae_by_age.png"))
     report_uri = storage.join(workdir, "report.json")
@@ -279,13 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agejobs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--metrics-port", type=int, default=0,
                         help="serve this process's agejobs_* metrics (prometheus_client) on this port")
+    # Every subcommand takes --verbose (after its name, where users type it).
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument("--verbose", action="store_true",
+                           help="also print Ray's own logs (workers, Ray Train, Ray Data, raylet); off by default")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_config(sub, default=None, required=False):
         sub.add_argument("-c", "--config", default=default, required=required, help="YAML config (configs/*.yaml)")
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=3")
 
-    demo = commands.add_parser("demo", help="synthetic faces -> train -> gallery -> evaluate, on 2 CPU cores")
+    demo = commands.add_parser("demo", parents=[verbosity], help="synthetic faces -> train -> gallery -> evaluate, on 2 CPU cores")
     demo.add_argument("--workdir", default="runs/demo", help="every output goes here (report: WORKDIR/report.json)")
     demo.add_argument(
         "--storage",
@@ -296,12 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(demo, default=DEFAULT_DEMO_CONFIG)
     demo.set_defaults(handler=_run_experiment)
 
-    experiment = commands.add_parser("experiment", help="the demo's pipeline on any configured dataset")
+    experiment = commands.add_parser("experiment", parents=[verbosity], help="the demo's pipeline on any configured dataset")
     experiment.add_argument("--workdir", required=True)
     with_config(experiment, required=True)
     experiment.set_defaults(handler=_run_experiment)
 
-    synth = commands.add_parser("synth", help="write a deterministic synthetic face dataset + manifest")
+    synth = commands.add_parser("synth", parents=[verbosity], help="write a deterministic synthetic face dataset + manifest")
     synth.add_argument("out")
     synth.add_argument("--subjects", type=int, default=600)
     synth.add_argument("--images-per-subject", type=int, default=5)
@@ -310,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(handler=main_synth)
 
-    ingest = commands.add_parser("ingest", help="import a published dataset layout into a manifest")
+    ingest = commands.add_parser("ingest", parents=[verbosity], help="import a published dataset layout into a manifest")
     ingest.add_argument("layout", help="utkface, morph, megaage, aaf, fgnet, appa-real or imdb-wiki")
     ingest.add_argument("src", help="the dataset's root directory or URI, in its published layout")
     ingest.add_argument("out", help="directory or URI for manifest.parquet + errors.parquet")
@@ -321,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--num-cpus", type=int, default=0, help="for a local Ray instance; 0 = all cores")
     ingest.set_defaults(handler=main_ingest)
 
-    pack_command = commands.add_parser("pack", help="manifest of loose images -> Parquet shards of image bytes")
+    pack_command = commands.add_parser("pack", parents=[verbosity], help="manifest of loose images -> Parquet shards of image bytes")
     pack_command.add_argument("manifest")
     pack_command.add_argument("out", help="directory or URI for shard-NNNNN.parquet (+ .errors.parquet, .done)")
     pack_command.add_argument("--shard-mb", type=float, default=64.0, help="target shard size")
@@ -329,15 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     pack_command.add_argument("--num-cpus", type=int, default=0, help="for a local Ray instance; 0 = all cores")
     pack_command.set_defaults(handler=main_pack)
 
-    train = commands.add_parser("train", help="train one model with Ray Train")
+    train = commands.add_parser("train", parents=[verbosity], help="train one model with Ray Train")
     train.add_argument("--manifest", required=True, help="manifest.parquet or pack directory (local or URI)")
     train.add_argument("--workdir", default="runs/train")
     train.add_argument("--name", default="", help="run name under the storage path")
     with_config(train, required=True)
     train.set_defaults(handler=main_train)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="kNN (or direct) estimates on the test split + report; or a scoring run's output vs labels"
+    evaluate = commands.add_parser("evaluate", parents=[verbosity], help="kNN (or direct) estimates on the test split + report; or a scoring run's output vs labels"
     )
     evaluate.add_argument("--checkpoint", help="with --manifest: evaluate a checkpoint on the test split")
     evaluate.add_argument("--manifest")
@@ -349,14 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gallery = commands.add_parser("gallery", help="build a gallery (embeddings + L1 index) from a checkpoint")
     gallery_commands = gallery.add_subparsers(dest="gallery_command", required=True)
-    build = gallery_commands.add_parser("build", help="embed a split with a checkpoint; write faces, index, manifest")
+    build = gallery_commands.add_parser("build", parents=[verbosity], help="embed a split with a checkpoint; write faces, index, manifest")
     build.add_argument("--checkpoint", required=True)
     build.add_argument("--source", required=True, help="manifest or pack; the split is gallery.split (default train)")
     build.add_argument("--out", required=True, help="gallery directory (local or URI)")
     with_config(build)
     build.set_defaults(handler=main_gallery_build)
 
-    score = commands.add_parser("score", help="score an image archive against a gallery (resumable, sharded output)")
+    score = commands.add_parser("score", parents=[verbosity], help="score an image archive against a gallery (resumable, sharded output)")
     score.add_argument("--checkpoint", required=True)
     score.add_argument("--gallery", required=True, help="built by `agejobs gallery build` with the same checkpoint")
     score.add_argument("--archive", required=True, help="a prefix of loose images, or a pack directory")

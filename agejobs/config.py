@@ -52,9 +52,10 @@ class DataConfig:
     decode_batch_size: int = 64
     # Parquet read tasks in flight (manifest or pack shards): bounds memory, whatever the size.
     read_concurrency: int = 2
-    # Streaming shuffle: manifest blocks in random order each epoch + a local row buffer per worker.
-    manifest_blocks: int = 16
-    shuffle_buffer_size: int = 512
+    # Training from a pack: rows of each worker's local shuffle buffer, mixing the row groups
+    # (256 faces each) read in a fresh order every epoch. A manifest is shuffled in full
+    # every epoch instead (data.py) and needs none.
+    shuffle_buffer_size: int = 1024
     # Crop to the largest face OpenCV's Haar cascade finds (for uncropped archives).
     face_crop: bool = False
 
@@ -136,6 +137,9 @@ class EvalConfig:
     baselines: list[str] = field(default_factory=lambda: ["mean", "ridge-pixels", "regression", "dex"])
     # Also train the paper's age-only model (gender_weight 0): the ablation of its Table 2.
     age_only_model: bool = True
+    # An outside model's per-image predictions (CSV with file, pred_age[, pred_gender]), reported
+    # as the row "peer" on exactly the test faces (joined on file name); empty = none.
+    peer_predictions: str = ""
 
 
 @dataclass
@@ -324,7 +328,19 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def config_from_dict(data: dict) -> Config:
+# Keys that older versions wrote into the configs saved in checkpoints and that no longer mean
+# anything: dropped when a stored config is read back (a config file naming one is still an error).
+RETIRED_KEYS = ("data.manifest_blocks",)
+
+
+def config_from_dict(data: dict, stored: bool = False) -> Config:
+    """A validated Config from plain data; `stored`: a config saved by an earlier run, whose
+    retired keys are dropped."""
+    if stored:
+        data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+        for dotted in RETIRED_KEYS:
+            section, name = dotted.split(".")
+            data.get(section, {}).pop(name, None)
     return validate(_from_dict(Config, data))
 
 
@@ -356,6 +372,7 @@ def with_absolute_paths(cfg: Config, base: str | None = None) -> Config:
         cfg,
         dataset=dataclasses.replace(cfg.dataset, source=resolve(cfg.dataset.source)),
         model=dataclasses.replace(cfg.model, weights=resolve(cfg.model.weights)),
+        eval=dataclasses.replace(cfg.eval, peer_predictions=resolve(cfg.eval.peer_predictions)),
     )
 
 

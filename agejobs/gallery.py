@@ -60,15 +60,15 @@ class TrainedModel:
 
 def checkpoint_identity(checkpoint_dir: str) -> tuple[Config, str]:
     """(the checkpoint's training Config, its model fingerprint), without building the model.
-    Older checkpoints lack newer config keys: config_from_dict gives them their defaults."""
+    Older checkpoints lack newer config keys (they get their defaults) or carry retired ones."""
     payload = read_checkpoint(checkpoint_dir)
-    return config_from_dict(payload["config"]), model_fingerprint(payload["model"])
+    return config_from_dict(payload["config"], stored=True), model_fingerprint(payload["model"])
 
 
 def load_trained_model(checkpoint_dir: str, device: str = "cpu") -> TrainedModel:
     """The model (eval mode), its Config and fingerprint from an agejobs training checkpoint."""
     payload = read_checkpoint(checkpoint_dir)
-    cfg = config_from_dict(payload["config"])
+    cfg = config_from_dict(payload["config"], stored=True)
     # The checkpoint holds every weight; the ImageNet file is not needed (nor present) here.
     model = build_model_from_config(cfg.model, cfg.train.method, cfg.train.max_age, weights="")
     model.load_state_dict(payload["model"])

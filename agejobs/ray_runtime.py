@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 
 
 # Logical CPUs of a local instance when none are given: Ray Data's ListFiles task takes 1 CPU and
@@ -18,13 +19,23 @@ import tempfile
 MIN_LOCAL_CPUS = 4
 
 
+CONSOLE_LEVELS = ("quiet", "warnings", "verbose")
+
+
 @contextlib.contextmanager
-def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True, metrics_export_port: int = 0):
+def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings", metrics_export_port: int = 0):
     """Yield with Ray initialised; shut down afterwards only if this call started it.
 
+    `console` for a local instance: "quiet" (the CLI's default: Ray forwards no worker output
+    and logs only errors, so the console holds agejobs' own progress lines), "warnings" (worker
+    output and Ray's warnings), "verbose" (Ray's INFO logs too; the CLI's --verbose). A cluster
+    driver always forwards worker output: that is the job's log under `ray job submit`.
     `metrics_export_port` > 0: a local instance's metrics agent serves Ray's and agejobs' metrics
     there (Prometheus text format)."""
     import ray
+
+    if console not in CONSOLE_LEVELS:
+        raise ValueError(f"console must be one of {', '.join(CONSOLE_LEVELS)}, got {console!r}")
 
     # Ray >= 2.10 exports each Counter twice (a `_total` counter and, for old dashboards, a gauge
     # of the same name without it); only the conventional counter.
@@ -42,6 +53,8 @@ def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True, metric
         finally:
             ray.shutdown()
         return
+    if console == "quiet":  # Ray's own deprecation notices, raised in this process
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
     # Short path: Ray's unix sockets live under it and must stay below ~107 characters.
     temp_dir = tempfile.mkdtemp(prefix="agejobs-ray-", dir="/tmp")
     cpus = num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS)
@@ -50,9 +63,9 @@ def ray_session(address: str = "", num_cpus: int = 0, quiet: bool = True, metric
         _temp_dir=temp_dir,
         include_dashboard=False,
         _metrics_export_port=metrics_export_port or None,
-        log_to_driver=True,  # workers print the per-step training log
+        log_to_driver=console != "quiet",
         configure_logging=True,
-        logging_level="WARNING" if quiet else "INFO",
+        logging_level={"quiet": "ERROR", "warnings": "WARNING", "verbose": "INFO"}[console],
         runtime_env={"worker_process_setup_hook": f"{__name__}.{without_dashboard_noise.__name__}"},
     )
     try:

@@ -9,6 +9,7 @@ model + optimizer + TrainState; `restore_state` is the only place a run resumes 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from agejobs import distributed, losses, metrics
+from agejobs import distributed, losses, metrics, progress
 from agejobs.config import Config, config_from_dict, config_to_dict
-from agejobs.data import to_model_input
+from agejobs.data import random_flip, to_model_input
 from agejobs.model import build_model_from_config
 
 # Ray Train sends a worker's root logger to the driver's console and to its app log file. A bare
@@ -66,9 +67,22 @@ def make_optimizer(parameters, optim_cfg) -> torch.optim.Optimizer:
     raise ValueError(f"optim.name: unknown optimizer {optim_cfg.name!r}")
 
 
-def budget_progress(state: TrainState, elapsed_s: float, cfg: Config, steps_per_epoch: int) -> float:
+def steps_per_epoch(train_rows: int, cfg: Config) -> int:
+    """Optimizer steps in one epoch: Ray Train splits the rows equally over the workers and each
+    drops its last partial batch."""
+    local_batch = cfg.train.batch_size // cfg.train.num_workers
+    return max(train_rows // cfg.train.num_workers // local_batch, 1)
+
+
+def budget_steps(train_rows: int, cfg: Config) -> int:
+    """Steps the budget allows (a time budget may end training sooner)."""
+    steps = cfg.train.epochs * steps_per_epoch(train_rows, cfg)
+    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+
+
+def budget_progress(state: TrainState, elapsed_s: float, cfg: Config, epoch_length: int) -> float:
     """Fraction of the training budget used: the largest of epochs, steps and time."""
-    fractions = [state.step / max(cfg.train.epochs * steps_per_epoch, 1)]
+    fractions = [state.step / max(cfg.train.epochs * epoch_length, 1)]
     if cfg.train.max_steps:
         fractions.append(state.step / cfg.train.max_steps)
     if cfg.train.max_time_s:
@@ -263,7 +277,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     local_batch = cfg.train.batch_size // world
-    steps_per_epoch = max(loop_config["train_rows"] // cfg.train.batch_size, 1)
+    epoch_length = steps_per_epoch(loop_config["train_rows"], cfg)
+    board = loop_config.get("progress") if rank == 0 else None
     compute_loss = siamese_loss if cfg.train.method == "siamese" else baseline_loss
     started = time.monotonic() - state.elapsed_s
     last_checkpoint = time.monotonic()
@@ -272,14 +287,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.train()
         epoch_log: dict[str, float] = {}
         epoch_steps, epoch_started, epoch_samples = 0, time.monotonic(), 0
-        batches = shard.iter_torch_batches(
-            batch_size=local_batch,
-            drop_last=True,
-            local_shuffle_buffer_size=cfg.data.shuffle_buffer_size or None,
-            pin_memory=cfg.train.use_gpu,
-        )
-        for batch in batches:
-            images = to_model_input(batch["image"].to(device, non_blocking=True), channels_last=cfg.model.channels_last)
+        for batch in epoch_batches(shard, local_batch, loop_config["shuffle_buffer_rows"], cfg, state.epoch, rank):
+            faces = random_flip(batch["image"].to(device, non_blocking=True))
+            images = to_model_input(faces, channels_last=cfg.model.channels_last)
             # int64: gloo's collectives reject the manifest's int16/int8 label types.
             ages, genders = batch["age"].to(device).long(), batch["gender"].to(device).long()
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
@@ -309,10 +319,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             elapsed = 0.0
             if cfg.train.max_time_s:
                 elapsed = distributed.all_reduce_max(torch.tensor([time.monotonic() - started], device=device)).item()
-            progress = budget_progress(state, elapsed, cfg, steps_per_epoch)
+            progress.post_step(board, state.step)
+            used = budget_progress(state, elapsed, cfg, epoch_length)
             for group in optimizer.param_groups:
-                group["lr"] = scheduled_lr(cfg.optim.lr, progress, cfg.train.lr_schedule)
-            if progress >= 1.0 and (cfg.train.max_steps or cfg.train.max_time_s):
+                group["lr"] = scheduled_lr(cfg.optim.lr, used, cfg.train.lr_schedule)
+            if used >= 1.0 and (cfg.train.max_steps or cfg.train.max_time_s):
                 stop = True
                 break
         # The global rate uses the slowest worker's clock: a worker that started its epoch early
@@ -325,11 +336,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report = {key: value / max(epoch_steps, 1) for key, value in epoch_log.items()}
         report.update(
             epoch=state.epoch,
+            epoch_steps=epoch_steps,
             step=state.step,
             samples_seen=state.samples_seen,
             images_per_s=epoch_samples / max(epoch_seconds, 1e-9),
             stopped_early=bool(stop),
         )
+        progress.post_epoch(board, report)
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if rank == 0:
@@ -340,6 +353,80 @@ def train_loop_per_worker(loop_config: dict) -> None:
         last_checkpoint = time.monotonic()
         if rank == 0:
             metrics.set_gauge("train_epoch", state.epoch)
+
+
+def epoch_batches(shard, local_batch: int, shuffle_buffer_rows: int, cfg: Config, epoch: int, rank: int):
+    """One epoch of this worker's batches: the training loop's only view of the data (the
+    batch-mixing test walks exactly this). The rows arrive shuffled (`data.shuffled_rows`); a
+    local buffer is kept only for packs, whose row groups are read whole."""
+    return shard.iter_torch_batches(
+        batch_size=local_batch,
+        drop_last=True,
+        local_shuffle_buffer_size=shuffle_buffer_rows or None,
+        local_shuffle_seed=int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0]) if shuffle_buffer_rows else None,
+        pin_memory=cfg.train.use_gpu,
+    )
+
+
+def training_dataset(cfg: Config, source_uri: str):
+    """The training split as the trainer streams it: shuffled every epoch, decoded, labels only."""
+    from agejobs.data import face_dataset
+
+    return face_dataset(
+        source_uri,
+        "train",
+        cfg.data.image_size,
+        train=True,
+        batch_size=cfg.data.decode_batch_size,
+        concurrency=cfg.data.decode_concurrency,
+        face_crop=cfg.data.face_crop,
+        read_concurrency=cfg.data.read_concurrency,
+        seed=cfg.train.seed,
+    ).select_columns(["image", "age", "gender"])
+
+
+def shuffle_buffer_rows(cfg: Config, source_uri: str) -> int:
+    """Rows of each worker's local shuffle buffer: a manifest arrives fully shuffled, a pack
+    needs its row groups mixed (data.py)."""
+    from agejobs import pack
+
+    return cfg.data.shuffle_buffer_size if source_uri and pack.is_pack(source_uri) else 0
+
+
+def make_trainer(loop, loop_config: dict, cfg: Config, train_ds, run_name: str, storage_path: str):
+    """The TorchTrainer every training run uses (and the batch-mixing test, with its own loop)."""
+    import ray.train
+    from ray.data import DataContext, ExecutionOptions
+    from ray.train.torch import TorchTrainer
+
+    from agejobs import storage
+
+    # One filesystem object for Ray Train's checkpoint uploads (same endpoint/retries as ours);
+    # pyarrow wants the path without its scheme when given a filesystem.
+    storage_filesystem, storage_inner_path = storage.arrow_filesystem(storage_path)
+    # Blocks reach the workers in the order the seeded shuffle made: same seed, same batches.
+    # (Ray Train's default ingest options, built without the deprecated exclude_resources.)
+    current = DataContext.get_current().execution_options
+    ingest = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
+                              verbose_progress=current.verbose_progress)
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_inner_path,
+            storage_filesystem=storage_filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+        datasets={"train": train_ds},
+        dataset_config=ray.train.DataConfig(execution_options=ingest),
+    )
 
 
 @dataclass
@@ -360,53 +447,34 @@ def split_age_stats(source_uri: str, split: str) -> tuple[int, float]:
 
 
 def run_training(
-    cfg: Config, manifest_uri: str, run_name: str, storage_path: str, train_ds=None, train_stats=None
+    cfg: Config, manifest_uri: str, run_name: str, storage_path: str, train_ds=None, train_stats=None,
+    progress_label: str = "",
 ) -> TrainOutcome:
     """Launch TorchTrainer on the connected Ray cluster and wait for it.
 
     `train_ds` (a Ray Dataset of "image", "age", "gender") and `train_stats` ((rows, mean age))
     replace the manifest's training split, e.g. for benchmarks on pre-decoded tensors.
+    `progress_label`: draw a step bar and one line per epoch on this console, under that label.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from agejobs import storage
-    from agejobs.data import face_dataset
 
     storage_path = storage.absolute(storage_path)
     train_rows, train_age_mean = train_stats or split_age_stats(manifest_uri, "train")
-    train_ds = train_ds if train_ds is not None else face_dataset(
-        manifest_uri,
-        "train",
-        cfg.data.image_size,
-        train=True,
-        batch_size=cfg.data.decode_batch_size,
-        concurrency=cfg.data.decode_concurrency,
-        blocks=cfg.data.manifest_blocks,
-        face_crop=cfg.data.face_crop,
-        read_concurrency=cfg.data.read_concurrency,
-    ).select_columns(["image", "age", "gender"])
-    # One filesystem object for Ray Train's checkpoint uploads (same endpoint/retries as ours);
-    # pyarrow wants the path without its scheme when given a filesystem.
-    storage_filesystem, storage_inner_path = storage.arrow_filesystem(storage_path)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(cfg), "train_rows": train_rows, "train_age_mean": train_age_mean},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage_inner_path,
-            storage_filesystem=storage_filesystem,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-        ),
-        datasets={"train": train_ds},
-    )
-    result = trainer.fit()
+    if train_ds is None:
+        train_ds = training_dataset(cfg, manifest_uri)
+    loop_config = {
+        "config": config_to_dict(cfg),
+        "train_rows": train_rows,
+        "train_age_mean": train_age_mean,
+        "shuffle_buffer_rows": shuffle_buffer_rows(cfg, manifest_uri),
+    }
+    console = contextlib.nullcontext()
+    if progress_label:
+        epochs = None if cfg.train.max_steps or cfg.train.max_time_s else cfg.train.epochs  # else the budget ends first
+        console = progress.TrainingProgress(progress_label, budget_steps(train_rows, cfg), epochs)
+    with console:
+        loop_config["progress"] = console.board if progress_label else None
+        result = make_trainer(train_loop_per_worker, loop_config, cfg, train_ds, run_name, storage_path).fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint: {result.error}")
     return TrainOutcome(storage.uri_of(storage_path, result.checkpoint.path), dict(result.metrics or {}))

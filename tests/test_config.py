@@ -1,6 +1,6 @@
 import pytest
 
-from agejobs.config import ConfigError, Config, dump_config, load_config
+from agejobs.config import Config, ConfigError, config_from_dict, config_to_dict, dump_config, load_config
 
 CONFIGS = ["configs/paper.yaml", "configs/demo.yaml", "configs/utkface.yaml"]
 
@@ -61,3 +61,12 @@ def test_missing_file_is_an_error():
 
 def test_defaults_are_the_paper():
     assert Config().model.backbone == "inception_v3" and Config().loss.age_tolerance == 3
+
+
+def test_a_stored_config_with_a_retired_key_loads_but_a_config_file_with_it_is_an_error(tmp_path):
+    stored = config_to_dict(Config())
+    stored["data"]["manifest_blocks"] = 16  # written by checkpoints before the epoch shuffle
+    assert config_from_dict(stored, stored=True) == Config()
+    with pytest.raises(ConfigError, match="unknown config key data.manifest_blocks"):
+        config_from_dict(stored)
+    assert "manifest_blocks" in stored["data"]  # the caller's dict is left as it was
