@@ -103,6 +103,13 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
     return reports
 
 
+def method_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_dir: str) -> list[dict]:
+    """The test-split report(s) of one trained model: kNN for the paper's models, else direct."""
+    if name in (SIAMESE, SIAMESE_AGE_ONLY):
+        return knn_reports(name, checkpoint, manifest, cfg, plots_dir)
+    return [direct_report(name, checkpoint, manifest, cfg)]
+
+
 def direct_report(name: str, checkpoint: str, manifest: str, cfg: Config) -> dict:
     queries = embed(checkpoint, manifest, "test", cfg)
     return evaluate.method_report(name, queries["predicted_age"], queries["age"], queries["predicted_gender"], queries["gender"])
@@ -155,24 +162,44 @@ def mean_report(manifest: str) -> dict:
     )
 
 
+def say(line: str) -> None:
+    """One line per stage on the console (the training bars are progress.TrainingProgress)."""
+    print(line, flush=True)
+
+
+def peer_report(manifest: str, predictions_csv: str) -> dict:
+    """An outside model's per-image predictions (CSV: file, pred_age[, pred_gender]) on exactly
+    this experiment's test faces, joined on file name: e.g. ../shared/peers/ (dlib's age model)."""
+    import pandas as pd
+
+    from agejobs.data import label_table
+
+    labels = label_table(manifest, ("path", "age", "gender", "split")).to_pandas()
+    test = labels[labels["split"] == "test"].assign(file=lambda t: t["path"].str.rsplit("/", n=1).str[-1])
+    peer = pd.read_csv(predictions_csv)  # pandas reads s3:// through s3fs too
+    missing = {"file", "pred_age"} - set(peer.columns)
+    if missing:
+        raise ValueError(f"eval.peer_predictions {predictions_csv}: missing columns {sorted(missing)}")
+    joined = test.merge(peer, on="file", how="inner")
+    if len(joined) != len(test):
+        raise ValueError(f"eval.peer_predictions {predictions_csv}: {len(test) - len(joined)} of {len(test)} test faces "
+                         "have no prediction; the peer must be compared on exactly the same faces")
+    gender = joined["pred_gender"].to_numpy() if "pred_gender" in joined else None
+    report = evaluate.method_report("peer", joined["pred_age"].to_numpy(), joined["age"].to_numpy(),
+                                    gender, None if gender is None else joined["gender"].to_numpy())
+    report["predictions"] = predictions_csv
+    return report
+
+
 def run_experiment(cfg: Config, workdir: str) -> dict:
     """The whole experiment on the connected Ray cluster; returns the report (also report.json)."""
-    from tqdm.auto import tqdm
-
     workdir = storage.absolute(workdir)
     plots_dir = storage.join(workdir, "plots")
     storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
     timings: dict[str, float] = {}
     runs = methods_to_train(cfg)
-    stages = ["data"] + [f"train {name}" for name, _ in runs] + [f"evaluate {name}" for name, _ in runs]
-    stages += [f"evaluate {name}" for name in ("mean", "ridge-pixels") if name in cfg.eval.baselines]
-    bar = tqdm(total=len(stages), desc="experiment", unit="stage")
 
-    def stage(label: str):
-        bar.set_postfix_str(label)
-        return time.monotonic()
-
-    started = stage("data")
+    started = time.monotonic()
     manifest, counts = prepare_dataset(cfg, workdir)
     if cfg.dataset.pack:
         from agejobs.pack import pack
@@ -181,32 +208,33 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
         counts["pack"] = pack(manifest, packed, int(cfg.dataset.pack_shard_mb * 2**20))
         manifest = packed  # train and evaluate stream the shards
     timings["data"] = time.monotonic() - started
-    bar.update()
+    split_counts = f": {counts['train']} training / {counts['test']} test faces" if "train" in counts else ""
+    say(f"[data] {cfg.dataset.kind}{split_counts} ({timings['data']:.0f} s)")
 
     checkpoints, train_metrics = {}, {}
     for name, run_cfg in runs:
-        started = stage(f"train {name}")
-        outcome = run_training(run_cfg, manifest, name, storage.join(workdir, "checkpoints"))
+        started = time.monotonic()
+        outcome = run_training(run_cfg, manifest, name, storage.join(workdir, "checkpoints"), progress_label=name)
         checkpoints[name], train_metrics[name] = outcome.checkpoint_path, outcome.metrics
         timings[f"train {name}"] = time.monotonic() - started
-        bar.update()
+        say(f"[{name}] trained: {outcome.metrics.get('step', '?')} steps, {outcome.metrics.get('epoch', '?')} epochs "
+            f"({timings[f'train {name}']:.0f} s)")
 
     reports = []
-    for name, run_cfg in runs:
-        started = stage(f"evaluate {name}")
-        if name in (SIAMESE, SIAMESE_AGE_ONLY):
-            reports += knn_reports(name, checkpoints[name], manifest, run_cfg, plots_dir)
-        else:
-            reports.append(direct_report(name, checkpoints[name], manifest, run_cfg))
+    evaluations = [(name, lambda name=name, run_cfg=run_cfg: method_reports(name, checkpoints[name], manifest, run_cfg, plots_dir))
+                   for name, run_cfg in runs]
+    evaluations += [(name, build) for name, build in (
+        ("mean", lambda: [mean_report(manifest)]),
+        ("ridge-pixels", lambda: [ridge_pixels_report(manifest, face_crop=cfg.data.face_crop)]),
+    ) if name in cfg.eval.baselines]
+    if cfg.eval.peer_predictions:
+        evaluations.append(("peer", lambda: [peer_report(manifest, cfg.eval.peer_predictions)]))
+    for name, build in evaluations:
+        started = time.monotonic()
+        new = build()
+        reports += new
         timings[f"evaluate {name}"] = time.monotonic() - started
-        bar.update()
-    for name, build in (("mean", lambda: mean_report(manifest)), ("ridge-pixels", lambda: ridge_pixels_report(manifest, face_crop=cfg.data.face_crop))):
-        if name in cfg.eval.baselines:
-            started = stage(f"evaluate {name}")
-            reports.append(build())
-            timings[f"evaluate {name}"] = time.monotonic() - started
-            bar.update()
-    bar.close()
+        say(f"[{name}] test MAE {new[0]['mae']:.2f} on {new[0]['n']} faces ({timings[f'evaluate {name}']:.0f} s)")
 
     evaluate.plot_cs_curves(reports, storage.join(plots_dir, "cs_curve.png"))
     evaluate.plot_mae_by_age(reports, storage.join(plots_dir, "mae_by_age.png"))

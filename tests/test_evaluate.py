@@ -214,3 +214,25 @@ def test_gender_accuracy_leaves_out_unlabelled_faces():
 
     assert gender_accuracy([0, 1, 1, 0], [0, -1, 1, 1]) == pytest.approx(2 / 3)
     assert method_report("m", [1, 2], [1, 2], [0, 1], [-1, -1])["gender_accuracy"] is None
+
+
+def test_peer_row_is_computed_on_exactly_the_test_faces(tmp_path):
+    import pyarrow.parquet as pq
+
+    from agejobs.datasets.manifest import rows_to_table
+    from agejobs.experiment import peer_report
+
+    rows = [{"image_id": f"f{i}", "path": f"/data/f{i}.jpg", "age": age, "gender": i % 2, "subject_id": f"f{i}",
+             "split": split, "dataset": "utkface"} for i, (age, split) in enumerate(zip(TRUE + [40], ["test"] * 4 + ["train"]))]
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(rows_to_table(rows), manifest)
+    csv = tmp_path / "peer.csv"
+    # one prediction per face, the training face's included (it must not count), in another order
+    csv.write_text("file,pred_age,pred_gender\n" + "\n".join(
+        f"f{i}.jpg,{pred},{i % 2}" for i, pred in reversed(list(enumerate(PRED + [99])))))
+    report = peer_report(str(manifest), str(csv))
+    assert report["method"] == "peer" and report["n"] == 4
+    assert report["mae"] == 3.5 and report["gender_accuracy"] == 1.0
+    csv.write_text("file,pred_age\nf0.jpg,10\n")
+    with pytest.raises(ValueError, match="3 of 4 test faces have no prediction"):
+        peer_report(str(manifest), str(csv))
