@@ -282,7 +282,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     compute_loss = siamese_loss if cfg.train.method == "siamese" else baseline_loss
     started = time.monotonic() - state.elapsed_s
     last_checkpoint = time.monotonic()
-    stop = False
+    # A run restored after its budget was spent (a rerun of a finished run) takes no more steps.
+    stop = budget_progress(state, state.elapsed_s, cfg, epoch_length) >= 1.0
     while state.epoch < cfg.train.epochs and not stop:
         model.train()
         epoch_log: dict[str, float] = {}

@@ -37,3 +37,21 @@ def test_one_worker_same_seed_same_weights_and_steps(tmp_path):
     # The check can fail: another seed (another order, other flips and dropout) gives other weights.
     assert other_seed["train_state"]["step"] == first["train_state"]["step"]
     assert not torch.equal(first["model"]["age_head.weight"], other_seed["model"]["age_head.weight"])
+
+
+def test_rerun_of_a_finished_step_budget_takes_no_step(tmp_path):
+    """Rerunning a finished run (same name and storage: Ray Train restores its last checkpoint)
+    returns that checkpoint; before the budget was checked on restore it took one more step."""
+    write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=12, images_per_subject=4, image_size=40))
+    manifest = str(tmp_path / "faces" / "manifest.parquet")
+    overrides = ["data.image_size=32", "model.weights=", "model.backbone=mobilenet_v3_small", "train.batch_size=8",
+                 "train.epochs=1000", "train.max_steps=3", "train.max_time_s=0", "train.num_workers=1",
+                 "train.log_every_steps=0"]
+    with ray_session(num_cpus=4):
+        quiet_ray_data()
+        cfg = load_config("configs/demo.yaml", overrides)
+        first = run_training(cfg, manifest, "finished", str(tmp_path / "checkpoints"))
+        rerun = run_training(cfg, manifest, "finished", str(tmp_path / "checkpoints"))
+    assert read_checkpoint(first.checkpoint_path)["train_state"]["step"] == 3
+    assert rerun.checkpoint_path == first.checkpoint_path
+    assert read_checkpoint(rerun.checkpoint_path)["train_state"]["step"] == 3
