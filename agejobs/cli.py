@@ -384,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         _serve_metrics(args.metrics_port)
     # Our own progress and counts (pack shards, verify, rejected rows) at INFO; libraries stay quiet.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    logging.getLogger("agejobs").setLevel(logging.INFO)
+    # demo and experiment say one line per stage themselves: their modules' INFO lines only with --verbose.
+    staged = args.command in ("demo", "experiment") and not getattr(args, "verbose", False)
+    logging.getLogger("agejobs").setLevel(logging.WARNING if staged else logging.INFO)
     try:
         return args.handler(args)
     # Config, input, weights, storage, a checkpoint or manifest that is not there: a message naming

@@ -209,6 +209,8 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
         manifest = packed  # train and evaluate stream the shards
     timings["data"] = time.monotonic() - started
     split_counts = f": {counts['train']} training / {counts['test']} test faces" if "train" in counts else ""
+    if counts.get("rows_rejected"):
+        split_counts += f", {counts['rows_rejected']} rejected (reasons: {storage.join(workdir, 'data')}/errors.parquet)"
     say(f"[data] {cfg.dataset.kind}{split_counts} ({timings['data']:.0f} s)")
 
     checkpoints, train_metrics = {}, {}

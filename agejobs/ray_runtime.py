@@ -68,11 +68,27 @@ def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings",
         logging_level={"quiet": "ERROR", "warnings": "WARNING", "verbose": "INFO"}[console],
         runtime_env={"worker_process_setup_hook": f"{__name__}.{without_dashboard_noise.__name__}"},
     )
+    if console == "quiet":
+        quiet_ray_data_console()
     try:
         yield
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data logs INFO lines ("execution finished in ...") and a warning that its progress bars
+    are off to the console through a handler of its own; keep its errors there, the rest in its
+    session log file."""
+    import logging
+
+    import ray.data  # noqa: F401  (configures the "ray.data" logger and its handlers)
+    from ray.data._internal.logging import SessionFileHandler
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, SessionFileHandler):
+            handler.setLevel(logging.ERROR)
 
 
 # Ray Train V2's PlacementGroupCleaner asks the State API (served by the dashboard) every few
