@@ -22,7 +22,7 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
-# The real-data benchmark (~45 min on 2 cores); needs ../shared beside the checkout.
+# The real-data benchmark (~43 min on 2 cores, budgets in epochs); needs ../shared beside the checkout.
 utkface: $(BIN)/.installed
 	$(BIN)/agejobs experiment -c configs/utkface.yaml --workdir runs/utkface
 
