@@ -23,6 +23,7 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
         "train.max_time_s=0",
         "eval.knn_m=5",
         "eval.age_only_model=false",
+        "eval.baselines=[mean, ridge-pixels, regression, dex]",  # every baseline, DEX too (the demo config leaves it out for time)
     ]
     assert main(["demo", "--workdir", str(workdir), *overrides]) == 0
     out = capsys.readouterr().out
