@@ -262,7 +262,8 @@ def train_and_evaluate(args, method: str, seed: int, setup: str, faces_path: str
         trained = train_agejobs(args, method, seed, int(setup[-1]), manifest, run_dir)
         from agejobs.train import read_checkpoint
 
-        state_dict = read_checkpoint(trained["checkpoint"])["model"]
+        # The checkpoint lives in the workdir, a scratch place: read it here, not into the results.
+        state_dict = read_checkpoint(trained.pop("checkpoint"))["model"]
     return {**trained, **in_fresh_process(evaluate, args, method, seed, state_dict, faces_path)}
 
 

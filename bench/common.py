@@ -61,7 +61,7 @@ class PeakRss:
 
 def settings(args) -> dict:
     """The benchmark's arguments worth recording (not where its output went)."""
-    return {key: value for key, value in vars(args).items() if key not in ("out", "child")}
+    return {key: value for key, value in vars(args).items() if key not in ("out", "workdir", "child")}
 
 
 def write_results(path: str, results: dict) -> None:
