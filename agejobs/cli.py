@@ -160,6 +160,7 @@ def _print_experiment(report: dict) -> int:
 
     print()
     print(evaluate.format_table(report["methods"]))
+    print(evaluate.format_face_outcomes(report["methods"]))
     print(f"\nreport: {os.path.join(report['workdir'], 'report.json')}")
     print(f"plots:  {os.path.join(report['workdir'], 'plots')}/")
     by_name = {m["method"]: m for m in report["methods"]}
@@ -241,6 +242,7 @@ def main_evaluate(args) -> int:
     report_uri = storage.join(workdir, "report.json")
     evaluate.write_report(report_uri, reports, {"checkpoint": args.checkpoint, "manifest": args.manifest})
     print(evaluate.format_table(reports))
+    print(evaluate.format_face_outcomes(reports))
     _print_json({"mae": reports[0]["mae"], "n": reports[0]["n"], "report": report_uri})
     return 0
 
@@ -265,6 +267,7 @@ def _evaluate_scored(args) -> int:
     report = evaluate.method_report(
         "scored", joined["predicted_age"].to_numpy(), joined["age"].to_numpy(),
         joined["predicted_gender"].to_numpy(), joined["gender"].to_numpy(),
+        face_outcomes=joined["face_outcome"].to_numpy() if "face_outcome" in joined.column_names else None,
     )
     workdir = _workdir(args.workdir)
     plots_dir = storage.join(workdir, "plots")
@@ -275,6 +278,7 @@ def _evaluate_scored(args) -> int:
              "labelled_rows": joined.num_rows, "error_rows": errors.num_rows}
     evaluate.write_report(report_uri, [report], extra)
     print(evaluate.format_table([report]))
+    print(evaluate.format_face_outcomes([report]))
     _print_json({"mae": report["mae"], "n": report["n"], "error_rows": errors.num_rows, "report": report_uri})
     return 0
 

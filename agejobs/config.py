@@ -56,8 +56,13 @@ class DataConfig:
     # (256 faces each) read in a fresh order every epoch. A manifest is shuffled in full
     # every epoch instead (data.py) and needs none.
     shuffle_buffer_size: int = 1024
-    # Crop to the largest face OpenCV's Haar cascade finds (for uncropped archives).
-    face_crop: bool = False
+    # How the face is framed before resizing (align.py), in training, galleries, evaluation and
+    # scoring alike (the checkpoint keeps it): "none" (pre-cropped faces), "box" (largest Haar
+    # face + 25% margin), "landmarks" (dlib detector + 5 points, warped to UTKFace's framing).
+    align: str = "none"
+    # An image in which no face is found: "whole" (the whole image stands in) or "error" (an
+    # error row with the reason). Either way the outcome column says what happened.
+    no_face: str = "whole"
 
 
 @dataclass
@@ -217,6 +222,8 @@ class Config:
 CHOICES = {
     "dataset.kind": ("synthetic", "utkface", "manifest"),
     "dataset.split_protocol": ("random", "subject"),
+    "data.align": ("none", "box", "landmarks"),
+    "data.no_face": ("whole", "error"),
     "model.backbone": ("inception_v3", "mobilenet_v2", "resnet18", "mobilenet_v3_small"),
     "loss.pairs": ("global", "local"),
     "loss.kernel": ("compiled", "cdist"),
@@ -341,6 +348,8 @@ def config_from_dict(data: dict, stored: bool = False) -> Config:
         for dotted in RETIRED_KEYS:
             section, name = dotted.split(".")
             data.get(section, {}).pop(name, None)
+        if "face_crop" in data.get("data", {}):  # before data.align: a Haar box or nothing
+            data["data"]["align"] = "box" if data["data"].pop("face_crop") else "none"
     return validate(_from_dict(Config, data))
 
 

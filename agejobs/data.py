@@ -2,12 +2,14 @@
 
     evaluation:  SOURCE -> read -> filter(split) -> map_batches(DecodeFaces)
     training:    SOURCE -> the split's rows in a fresh seeded order every epoch -> DecodeFaces
-    both yield   {"image": uint8 (n, S, S, 3), "age", "gender", "image_id", "error"}
+    both yield   {"image": uint8 (n, S, S, 3), "age", "gender", "image_id", "error", "face_outcome",
+                  "faces_found"}
 
 SOURCE is either a manifest (one Parquet file; each row names an image file by `path`, one GET
 per image) or a pack directory (`agejobs pack`: shards carrying the image bytes themselves).
 Either way no pixels are materialised: rows stream through the decode actors in blocks.
-The preprocessing itself is images.preprocess_encoded, the same function everywhere.
+The preprocessing itself is images.preprocess_face, the same function everywhere, set by the
+config's data.* (images.Preprocessing) and, after training, by the checkpoint's.
 
 Decoding and resizing run in Ray Data on CPU (so CPU nodes can feed GPU trainers) and ship uint8
 (4x smaller than float); `to_model_input` normalizes on the model's device and `random_flip`
@@ -33,8 +35,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from agejobs import pack, storage
-from agejobs.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, preprocess_encoded
+from agejobs import metrics, pack, storage
+from agejobs.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, NoFaceError, Preprocessing, preprocess_face
+
 LABEL_COLUMNS = ("image_id", "age", "gender")
 # Carried through decoding untouched: where a face came from (scoring writes it out per input shard).
 SOURCE_COLUMNS = ("path", "input_shard")
@@ -62,30 +65,46 @@ def random_flip(images: "torch.Tensor", probability: float = 0.5) -> "torch.Tens
 
 
 class DecodeFaces:
-    """Ray Data stage: manifest rows -> decoded, resized uint8 faces (+ labels, + error reason).
+    """Ray Data stage: manifest rows -> decoded, framed, resized uint8 faces (+ labels, + error reason,
+    + what the face search found: `face_outcome`, one of align.OUTCOMES, and `faces_found`).
 
     Every face comes out exactly as at test time; training augments later (`random_flip`)."""
 
-    def __init__(self, image_size: int, face_crop: bool = False):
-        self.image_size = image_size
-        self.face_crop = face_crop
+    def __init__(self, preprocessing: Preprocessing | int):
+        self.preprocessing = as_preprocessing(preprocessing)
 
     def __call__(self, batch: dict) -> dict:
         paths = batch["path"]
         packed_bytes = batch.get("image_bytes")  # present when reading shards of a pack
-        images = np.zeros((len(paths), self.image_size, self.image_size, 3), dtype=np.uint8)
-        errors = []
+        size = self.preprocessing.size
+        images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+        errors, outcomes, faces = [], [], np.zeros(len(paths), dtype=np.int16)
         for index, path in enumerate(paths):
             try:
                 data = packed_bytes[index] if packed_bytes is not None else storage.read_bytes(path)
-                images[index] = preprocess_encoded(data, self.image_size, path, face_crop=self.face_crop)
+                face = preprocess_face(data, self.preprocessing, path)
+                images[index], faces[index] = face.image, face.faces
                 errors.append("")
+                outcomes.append(face.outcome)
+            except NoFaceError as error:
+                errors.append(str(error))
+                outcomes.append("no_face")
             except (ImageDecodeError, OSError) as error:
                 errors.append(str(error))
+                outcomes.append("")  # never got as far as looking for a face
+        for outcome in set(outcomes) - {""}:  # "": undecodable, never searched
+            metrics.inc("face_outcomes", outcomes.count(outcome), outcome=outcome)
         out = {name: np.asarray(batch[name]) for name in LABEL_COLUMNS + SOURCE_COLUMNS if name in batch}
         out["image"] = images
         out["error"] = np.asarray(errors, dtype=object)
+        out["face_outcome"] = np.asarray(outcomes, dtype=object)
+        out["faces_found"] = faces
         return out
+
+
+def as_preprocessing(preprocessing: Preprocessing | int) -> Preprocessing:
+    """A Preprocessing, or a bare image size for whole images (no face search)."""
+    return preprocessing if isinstance(preprocessing, Preprocessing) else Preprocessing(int(preprocessing))
 
 
 # Rows per streamed block: blocks must not grow with the dataset, or neither does memory stay flat.
@@ -225,13 +244,12 @@ def shuffled_rows(source_uri: str, split: str | None, seed: int, read_concurrenc
 def face_dataset(
     manifest_uri: str,
     split: str | None,
-    image_size: int,
+    preprocessing: Preprocessing | int,
     train: bool = False,
     batch_size: int = 64,
     concurrency: int = 1,
     keep_errors: bool = False,
     blocks: int = 16,
-    face_crop: bool = False,
     read_concurrency: int = 2,
     seed: int = 0,
 ):
@@ -246,7 +264,7 @@ def face_dataset(
         ds = manifest_dataset(manifest_uri, split, blocks=blocks, read_concurrency=read_concurrency)
     ds = ds.map_batches(
         DecodeFaces,
-        fn_constructor_kwargs={"image_size": image_size, "face_crop": face_crop},
+        fn_constructor_kwargs={"preprocessing": as_preprocessing(preprocessing)},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=concurrency),

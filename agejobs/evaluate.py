@@ -149,10 +149,13 @@ def method_report(
     true_gender: ArrayLike | None = None,
     max_threshold: int = 10,
     bin_width: int = 10,
+    face_outcomes: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """All metrics of one method as a JSON-ready dict (CS keys are strings, gender may be None).
 
-    Gender labels are optional but must come as a pair, one per age sample.
+    Gender labels are optional but must come as a pair, one per age sample. With
+    `face_outcomes` (one per sample: what the face search found, align.OUTCOMES) the report
+    also has "mae_by_face_outcome".
     """
     pred, truth = _age_pair(predicted_age, true_age)
     if (predicted_gender is None) != (true_gender is None):
@@ -164,13 +167,27 @@ def method_report(
         n_gender = len(np.asarray(true_gender))
         if n_gender != len(truth):
             raise ValueError(f"true_gender has {n_gender} values but true_age has {len(truth)}")
-    return {
+    report = {
         "method": name,
         "n": int(len(truth)),
         "mae": mean_absolute_error(pred, truth),
         "cs": {str(t): cs for t, cs in cumulative_scores(pred, truth, max_threshold).items()},
         "gender_accuracy": accuracy,
         "mae_by_age": mae_by_age_bin(pred, truth, bin_width),
+    }
+    if face_outcomes is not None:
+        report["mae_by_face_outcome"] = mae_by_group(pred, truth, face_outcomes, "face_outcomes")
+    return report
+
+
+def mae_by_group(predicted: ArrayLike, true: ArrayLike, groups: ArrayLike, name: str = "groups") -> dict[str, dict[str, Any]]:
+    """{group: {"n", "mae"}} for every distinct value of `groups` (one per sample)."""
+    pred, truth = _age_pair(predicted, true)
+    labels = np.asarray(groups).astype(str)
+    _check_same_length(labels, truth, name, "true")
+    return {
+        str(group): {"n": int(np.sum(labels == group)), "mae": mean_absolute_error(pred[labels == group], truth[labels == group])}
+        for group in np.unique(labels)
     }
 
 
@@ -192,6 +209,17 @@ def write_report(path: str, reports: list[dict[str, Any]], extra: dict[str, Any]
     text = json.dumps(document, indent=2, allow_nan=False, default=_json_default)
     storage.write_bytes_atomic(path, (text + "\n").encode("utf-8"))
     return document
+
+
+def format_face_outcomes(reports: list[dict[str, Any]]) -> str:
+    """One line per report that has MAE by face-search outcome: "method: one_face 4.91 (n=1900), ..."."""
+    lines = []
+    for report in reports:
+        groups = report.get("mae_by_face_outcome")
+        if groups:
+            cells = ", ".join(f"{name} {group['mae']:.2f} (n={group['n']})" for name, group in groups.items())
+            lines.append(f"MAE by face outcome, {report['method']}: {cells}")
+    return "\n".join(lines)
 
 
 def format_table(reports: list[dict[str, Any]]) -> str:

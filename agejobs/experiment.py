@@ -17,9 +17,11 @@ import numpy as np
 
 from agejobs import evaluate, gallery, knn, storage
 from agejobs.config import Config, config_to_dict, config_to_yaml
+from agejobs.images import Preprocessing
 from agejobs.train import run_training
 
 SIAMESE, SIAMESE_AGE_ONLY = "siamese-knn", "siamese-knn-age-only"
+RIDGE_PIXELS_SIZE = 32  # a ridge over 32 x 32 x 3 pixels; more only adds noise dimensions
 
 
 def prepare_dataset(cfg: Config, workdir: str) -> tuple[str, dict]:
@@ -73,11 +75,10 @@ def embed(checkpoint: str, manifest: str, split: str, cfg: Config) -> dict:
         checkpoint,
         manifest,
         split,
-        cfg.data.image_size,
+        Preprocessing.of(cfg.data),
         cfg.eval.embed_batch_size,
         cfg.eval.embed_concurrency,
         cfg.eval.embed_torch_threads,
-        cfg.data.face_crop,
     )
 
 
@@ -94,9 +95,11 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
     if name == SIAMESE and cfg.loss.gender_weight > 0:
         _, gender_neighbours = knn.exact_l1_knn(queries["gender_embedding"], reference["gender_embedding"], m, chunk)
         gender, _ = gallery.majority_neighbour_gender(gender_neighbours, reference["gender"])
-        reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender, queries["gender"]))
+        reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender, queries["gender"],
+                                              face_outcomes=queries["face_outcome"]))
     else:
-        reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender_from_age, queries["gender"]))
+        reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender_from_age, queries["gender"],
+                                              face_outcomes=queries["face_outcome"]))
     # The paper's Table 2: how well the AGE embedding alone separates gender.
     from_age = evaluate.gender_accuracy(gender_from_age, queries["gender"])
     reports[0]["gender_accuracy_from_age_embedding"] = None if np.isnan(from_age) else from_age
@@ -112,10 +115,11 @@ def method_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots
 
 def direct_report(name: str, checkpoint: str, manifest: str, cfg: Config) -> dict:
     queries = embed(checkpoint, manifest, "test", cfg)
-    return evaluate.method_report(name, queries["predicted_age"], queries["age"], queries["predicted_gender"], queries["gender"])
+    return evaluate.method_report(name, queries["predicted_age"], queries["age"], queries["predicted_gender"], queries["gender"],
+                                  face_outcomes=queries["face_outcome"])
 
 
-def load_pixels(manifest: str, split: str, size: int, face_crop: bool = False) -> dict:
+def load_pixels(manifest: str, split: str, preprocessing: Preprocessing) -> dict:
     """Raw faces of a split as flat float pixels (for the ridge baseline), through the shared decoder."""
     from agejobs.data import collect_by_image_id, face_dataset
 
@@ -123,14 +127,16 @@ def load_pixels(manifest: str, split: str, size: int, face_crop: bool = False) -
         pixels = batch["image"].reshape(len(batch["image"]), -1).astype(np.float32) / 255.0
         return {"pixels": pixels, "age": batch["age"], "gender": batch["gender"], "image_id": batch["image_id"]}
 
-    return collect_by_image_id(face_dataset(manifest, split, size, face_crop=face_crop), flatten)
+    return collect_by_image_id(face_dataset(manifest, split, preprocessing), flatten)
 
 
-def ridge_pixels_report(manifest: str, size: int = 32, face_crop: bool = False) -> dict:
-    """Ridge regression on raw pixels: how far plain pixel statistics get on this data."""
+def ridge_pixels_report(manifest: str, preprocessing: Preprocessing) -> dict:
+    """Ridge regression on raw pixels (of the experiment's faces, framed by its data.align, at
+    RIDGE_PIXELS_SIZE): how far plain pixel statistics get on this data."""
     from sklearn.linear_model import RidgeClassifierCV, RidgeCV
 
-    train, test = load_pixels(manifest, "train", size, face_crop), load_pixels(manifest, "test", size, face_crop)
+    preprocessing = dataclasses.replace(preprocessing, size=RIDGE_PIXELS_SIZE)
+    train, test = load_pixels(manifest, "train", preprocessing), load_pixels(manifest, "test", preprocessing)
     alphas = np.logspace(-1, 4, 11)
     age_model = RidgeCV(alphas=alphas).fit(train["pixels"], train["age"])
     labelled = train["gender"] >= 0  # unlabelled faces (-1) are not a third gender
@@ -227,7 +233,7 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
                    for name, run_cfg in runs]
     evaluations += [(name, build) for name, build in (
         ("mean", lambda: [mean_report(manifest)]),
-        ("ridge-pixels", lambda: [ridge_pixels_report(manifest, face_crop=cfg.data.face_crop)]),
+        ("ridge-pixels", lambda: [ridge_pixels_report(manifest, Preprocessing.of(cfg.data))]),
     ) if name in cfg.eval.baselines]
     if cfg.eval.peer_predictions:
         evaluations.append(("peer", lambda: [peer_report(manifest, cfg.eval.peer_predictions)]))

@@ -27,6 +27,7 @@ import torch
 from agejobs import knn, storage
 from agejobs.config import Config, config_from_dict, config_to_dict
 from agejobs.data import collect_by_image_id, face_dataset, to_model_input
+from agejobs.images import Preprocessing
 from agejobs.datasets.manifest import write_table_atomic
 from agejobs.losses import dex_expectation
 from agejobs.model import build_model_from_config
@@ -118,17 +119,16 @@ def embed_split(
     checkpoint_dir: str,
     manifest_uri: str,
     split: str,
-    image_size: int,
+    preprocessing: Preprocessing | int,
     batch_size: int = 128,
     concurrency: int = 1,
     torch_threads: int = 1,
-    face_crop: bool = False,
 ) -> dict:
     """Run the embedder over one split of a manifest or pack; returns column -> numpy array, by image_id."""
     from ray.data import ActorPoolStrategy
 
     ds = face_dataset(
-        manifest_uri, split, image_size, train=False, batch_size=batch_size, concurrency=concurrency, face_crop=face_crop
+        manifest_uri, split, preprocessing, train=False, batch_size=batch_size, concurrency=concurrency
     )
     ds = ds.drop_columns(["error"]).map_batches(
         Embedder,
@@ -203,6 +203,12 @@ class Gallery:
         }
 
 
+def outcome_counts(outcomes: np.ndarray) -> dict[str, int]:
+    """Faces per face-search outcome (align.OUTCOMES), for manifests and reports."""
+    names, counts = np.unique(np.asarray(outcomes).astype(str), return_counts=True)
+    return {str(name): int(count) for name, count in zip(names, counts)}
+
+
 def _fixed_size_lists(matrix: np.ndarray):
     import pyarrow as pa
 
@@ -214,7 +220,7 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
     """Embed `cfg.gallery.split` of a manifest or pack with the checkpoint, optionally condense it,
     and write faces, L1 indexes and the manifest (last). Returns the manifest.
 
-    Preprocessing (image size, face crop) is the checkpoint's own training setting, so gallery
+    Preprocessing (image size, face alignment) is the checkpoint's own training setting, so gallery
     faces are seen exactly as the model saw faces in training; `cfg` sizes the job and the index.
     """
     import pyarrow as pa
@@ -226,8 +232,8 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
         raise ValueError(f"{checkpoint_dir}: a gallery needs a siamese checkpoint; a {model_cfg.train.method} model estimates ages directly")
     started = time.time()
     columns = embed_split(
-        checkpoint_dir, source_uri, cfg.gallery.split, model_cfg.data.image_size, cfg.eval.embed_batch_size,
-        cfg.eval.embed_concurrency, cfg.eval.embed_torch_threads, model_cfg.data.face_crop,
+        checkpoint_dir, source_uri, cfg.gallery.split, Preprocessing.of(model_cfg.data), cfg.eval.embed_batch_size,
+        cfg.eval.embed_concurrency, cfg.eval.embed_torch_threads,
     )
     faces_embedded = len(columns["image_id"])
     if cfg.gallery.prototypes_per_age:
@@ -264,8 +270,8 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
         "distance": "l1",
         "m": cfg.eval.knn_m,
         "search": dataclasses.asdict(settings) | {"mode": age_index.mode},
-        "image_size": model_cfg.data.image_size,
-        "face_crop": model_cfg.data.face_crop,
+        "preprocessing": dataclasses.asdict(Preprocessing.of(model_cfg.data)),
+        "face_outcomes": outcome_counts(columns["face_outcome"]),
         "model_config": config_to_dict(model_cfg),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build_seconds": round(time.time() - started, 1),

@@ -1,7 +1,7 @@
 """THE image preprocessing, shared by training, evaluation and scoring: bytes -> RGB uint8 face.
 
-    preprocess_encoded(bytes, size) = decode (EXIF-oriented RGB) [-> face crop] -> resize to
-                                      size x size
+    preprocess_face(bytes, Preprocessing) = decode (EXIF-oriented RGB) -> frame the face
+                                            (align.py: none | box | landmarks) -> size x size
 
 Pure functions of the bytes, with no Ray and no torch, so every stage calls the same code.
 Every bad input raises ImageDecodeError (a ValueError) whose message is "<source>: <reason>";
@@ -35,11 +35,13 @@ would replace the photographed face with that background.
 
 from __future__ import annotations
 
-import functools
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
+
+from agejobs.config import CHOICES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,19 +53,6 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 # text (b"P1 2 2 ..." opens as a PPM), and rarely used parsers are where decoder bugs live.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG covers MPO
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-# Haar face detection. Faces smaller than FACE_MIN_SIZE px (after the downscale to
-# FACE_DETECT_MAX_SIDE) are ignored: the archives hold portraits, not crowds.
-FACE_CASCADE = "haarcascade_frontalface_default.xml"
-FACE_SCALE_FACTOR = 1.1
-FACE_MIN_NEIGHBORS = 5
-FACE_MIN_SIZE = 40
-FACE_DETECT_MAX_SIDE = 640  # detection cost grows with pixels; a face needs no more
-# The cascade's 24 px window needs context around a face: pre-cropped faces fill the frame, and
-# without this gray border (a fraction of the longer side) only 25 of the first 50 UTKFace crops
-# were detected, 48 with it.
-FACE_DETECT_BORDER = 0.25
-
 
 class ImageDecodeError(ValueError):
     """An input that is not a usable image; the message names the input."""
@@ -134,62 +123,6 @@ def _to_rgb(image, source: str) -> np.ndarray:
         raise ImageDecodeError(f"{source}: unsupported pixel format (mode {image.mode}: {error})") from error
 
 
-@functools.lru_cache(maxsize=1)
-def _face_cascade():
-    """The frontal-face Haar cascade bundled with OpenCV, loaded once per process."""
-    import cv2
-
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + FACE_CASCADE)
-    if cascade.empty():
-        # A broken install, not a bad image: fail the job rather than silently skip every crop.
-        raise RuntimeError(f"cannot load OpenCV cascade {FACE_CASCADE} from {cv2.data.haarcascades}")
-    return cascade
-
-
-def detect_face(image: np.ndarray) -> tuple[int, int, int, int] | None:
-    """RGB (or gray) uint8 image -> the largest frontal face as (x, y, w, h) in pixels, or None."""
-    import cv2
-
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    scale = min(1.0, FACE_DETECT_MAX_SIDE / max(gray.shape))
-    if scale < 1.0:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    gray = cv2.equalizeHist(gray)  # the cascade was trained on normalized contrast
-    border = int(FACE_DETECT_BORDER * max(gray.shape))
-    gray = cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_CONSTANT, value=128)
-    faces = _face_cascade().detectMultiScale(
-        gray, scaleFactor=FACE_SCALE_FACTOR, minNeighbors=FACE_MIN_NEIGHBORS,
-        minSize=(FACE_MIN_SIZE, FACE_MIN_SIZE),
-    )
-    if len(faces) == 0:
-        return None
-    x, y, w, h = (int(value) for value in max(faces, key=lambda face: face[2] * face[3]))
-    # Back to the original image's pixels, clipped to it (a box may reach into the border).
-    height, width = image.shape[:2]
-    left, top = max(0, round((x - border) / scale)), max(0, round((y - border) / scale))
-    right = min(width, round((x + w - border) / scale))
-    bottom = min(height, round((y + h - border) / scale))
-    if right <= left or bottom <= top:
-        return None
-    return left, top, right - left, bottom - top
-
-
-def crop_face(image: np.ndarray, box: tuple[int, int, int, int], margin: float = 0.25) -> np.ndarray:
-    """Square crop centred on the face box, its side max(w, h) plus `margin` of it on each side.
-
-    Haar boxes are tight (brows to mouth); the margin brings back hair, ears and chin, which
-    carry age. The square is shrunk to fit the image and shifted inside it, so it stays square.
-    """
-    height, width = image.shape[:2]
-    x, y, w, h = box
-    side = min(round(max(w, h) * (1 + 2 * margin)), width, height)
-    left = round(x + w / 2 - side / 2)
-    top = round(y + h / 2 - side / 2)
-    left = min(max(left, 0), width - side)
-    top = min(max(top, 0), height - side)
-    return image[top : top + side, left : left + side]
-
-
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize a face crop to (size, size, 3) uint8; the whole crop is kept, aspect is not."""
     from PIL import Image
@@ -199,17 +132,54 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.BILINEAR))
 
 
-def preprocess_encoded(data: bytes, size: int, source: str = "<bytes>", face_crop: bool = False) -> np.ndarray:
-    """The one preprocessing path: decode -> RGB [-> face crop] -> resize (training's flips
-    come later, on the batch: data.random_flip).
+NO_FACE_FALLBACKS = CHOICES["data.no_face"]
 
-    With face_crop, an image where no face is found is kept whole rather than dropped: the
-    archives are mostly pre-cropped faces, and a miss (profile, occlusion, dim light) there is
-    still a usable face.
+
+class NoFaceError(ImageDecodeError):
+    """No face was found and the preprocessing says such an image is an error (data.no_face)."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns bytes into a model's input face. Set by `data.*` and stored in every checkpoint
+    with its config, so a gallery build or a scoring run preprocesses as the model's training did."""
+
+    size: int
+    align: str = "none"  # align.ALIGN_MODES
+    no_face: str = "whole"  # NO_FACE_FALLBACKS: the whole image stands in for the face, or an error row
+
+    @classmethod
+    def of(cls, data_config) -> "Preprocessing":
+        """From a config.DataConfig (or anything with image_size, align, no_face)."""
+        return cls(data_config.image_size, data_config.align, data_config.no_face)
+
+
+@dataclass(frozen=True)
+class Face:
+    image: np.ndarray  # (size, size, 3) uint8
+    outcome: str  # align.OUTCOMES
+    faces: int  # faces found (0 when not searched)
+
+
+def preprocess_face(data: bytes, preprocessing: Preprocessing, source: str = "<bytes>") -> Face:
+    """THE preprocessing: decode -> RGB -> frame the face (data.align) -> size x size (training's
+    flips come later, on the batch: data.random_flip).
+
+    When no face is found the whole image is used (data.no_face: whole) -- most archives are
+    pre-cropped faces, and a miss (profile, occlusion, dim light) there is still a usable face --
+    or the image becomes an error row (data.no_face: error). Either way `outcome` says so.
     """
+    from agejobs.align import frame_face
+
     image = decode_image(data, source)
-    if face_crop:
-        box = detect_face(image)
-        if box is not None:
-            image = crop_face(image, box)
-    return resize_square(image, size)
+    framed = frame_face(image, preprocessing.align, preprocessing.size)
+    if framed.image is None:
+        if preprocessing.no_face == "error":
+            raise NoFaceError(f"{source}: no face found (data.align={preprocessing.align}, data.no_face=error)")
+        return Face(resize_square(image, preprocessing.size), framed.outcome, framed.faces)
+    return Face(resize_square(framed.image, preprocessing.size), framed.outcome, framed.faces)
+
+
+def preprocess_encoded(data: bytes, size: int, source: str = "<bytes>", align: str = "none", no_face: str = "whole") -> np.ndarray:
+    """preprocess_face's image alone."""
+    return preprocess_face(data, Preprocessing(size, align, no_face), source).image

@@ -24,7 +24,7 @@ PREFIX = "agejobs_"
 # Batch latencies of the scoring stages: a 64-face batch takes milliseconds on a GPU and
 # seconds on a CPU.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-REJECT_REASONS = ("label", "missing", "decode", "other")
+REJECT_REASONS = ("label", "missing", "decode", "no_face", "other")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ DEFINITIONS: dict[str, Definition] = {
     # scoring
     "score_images": Definition("counter", "Images scored (a prediction written)."),
     "score_errors": Definition("counter", "Images that could not be scored, by reason class.", ("reason",)),
+    # preprocessing (every decode: training, galleries, evaluation, scoring)
+    "face_outcomes": Definition(
+        "counter", "Decoded images by what the face search found (one_face, several_faces, no_face, not_searched).", ("outcome",)
+    ),
     "score_batch_latency_seconds": Definition("histogram", "Seconds per batch of a scoring stage.", ("stage",)),
     "score_shards_done": Definition("counter", "Output shards written with their done-marker."),
 }
@@ -75,6 +79,8 @@ def exported_names() -> list[str]:
 def reason_class(reason: str) -> str:
     """A rejection message -> one of REJECT_REASONS (a label value must not be the message)."""
     text = reason.lower()
+    if "no face found" in text:
+        return "no_face"
     if any(word in text for word in ("age", "gender", "label")):
         return "label"
     if any(word in text for word in ("no such", "missing", "not found", "does not exist")):

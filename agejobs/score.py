@@ -10,9 +10,10 @@
     OUT/RUN_ID/inputs.parquet               loose archives only: input_shard, image_id, path; one
                                             row group per input shard
     OUT/RUN_ID/shard-00000.parquet          input_shard, image_id, path, predicted_age, age_spread,
-                                            predicted_gender, gender_vote_share, model_version,
-                                            gallery_version, run_id, scored_at
-    OUT/RUN_ID/shard-00000.errors.parquet   input_shard, image_id, path, stage, reason
+                                            predicted_gender, gender_vote_share, face_outcome,
+                                            faces_found, model_version, gallery_version, run_id,
+                                            scored_at
+    OUT/RUN_ID/shard-00000.errors.parquet   input_shard, image_id, path, stage, reason, face_outcome
     OUT/RUN_ID/shard-00000.parquet.done     {"rows_in", "scored", "errors"}            (LAST)
     OUT/RUN_ID/run.json                     totals, once every shard is done
 
@@ -40,6 +41,7 @@ from agejobs.config import Config
 from agejobs.data import READ_TASK_CPUS, DecodeFaces, read_row_groups
 from agejobs.datasets.manifest import write_table_atomic
 from agejobs.gallery import Embedder, check_gallery_matches, checkpoint_identity, load_gallery, read_gallery_manifest
+from agejobs.images import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,7 @@ class SearchGallery:
     def __call__(self, batch: dict) -> dict:
         started = time.perf_counter()
         ok = np.asarray(batch["error"]) == ""
-        out = {name: batch[name] for name in ("input_shard", "image_id", "path", "error")}
+        out = {name: batch[name] for name in ("input_shard", "image_id", "path", "error", "face_outcome", "faces_found")}
         estimates = self.gallery.estimate(batch["age_embedding"][ok], batch["gender_embedding"][ok]) if ok.any() else {}
         for name, dtype in zip(PREDICTION_COLUMNS, (np.float32, np.float32, np.int8, np.float32)):
             column = np.full(len(ok), -1 if dtype == np.int8 else np.nan, dtype=dtype)
@@ -207,6 +209,8 @@ class ShardWriter:
             "age_spread": pa.array([float(row["age_spread"]) for row in scored], pa.float32()),
             "predicted_gender": pa.array([int(row["predicted_gender"]) for row in scored], pa.int8()),
             "gender_vote_share": pa.array([float(row["gender_vote_share"]) for row in scored], pa.float32()),
+            "face_outcome": pa.array([str(row["face_outcome"]) for row in scored], pa.string()),
+            "faces_found": pa.array([int(row["faces_found"]) for row in scored], pa.int16()),
             **{name: pa.array([value] * len(scored), pa.string()) for name, value in self.stamp.items()},
             "scored_at": pa.array([scored_at] * len(scored), pa.string()),
         })
@@ -216,6 +220,7 @@ class ShardWriter:
             "path": pa.array([str(row["path"]) for row in failed], pa.string()),
             "stage": pa.array([STAGE_DECODE] * len(failed), pa.string()),
             "reason": pa.array([str(row["error"]) for row in failed], pa.string()),
+            "face_outcome": pa.array([str(row["face_outcome"]) for row in failed], pa.string()),
         })
         write_table_atomic(errors, errors_uri(self.run_uri, index))
         write_table_atomic(predictions, output_uri(self.run_uri, index))
@@ -243,7 +248,7 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     source_uri, out_uri = storage.absolute(source_uri), storage.absolute(out_uri)
     run_uri = storage.join(out_uri, run_id)
     model_cfg, fingerprint = checkpoint_identity(checkpoint)
-    image_size, face_crop = model_cfg.data.image_size, model_cfg.data.face_crop
+    preprocessing = Preprocessing.of(model_cfg.data)  # the model's own, never the job config's
     gallery_manifest = read_gallery_manifest(gallery_uri)
     check_gallery_matches(gallery_manifest, gallery_uri, checkpoint, fingerprint)  # before any work
     plan = load_or_make_plan(source_uri, run_uri, cfg.score.shard_images)
@@ -263,7 +268,7 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
             compute=ray.data.TaskPoolStrategy(size=settings.read_concurrency), num_cpus=READ_TASK_CPUS,
         )
         ds = ds.map_batches(
-            DecodeFaces, fn_constructor_kwargs={"image_size": image_size, "face_crop": face_crop},
+            DecodeFaces, fn_constructor_kwargs={"preprocessing": preprocessing},
             batch_size=settings.batch_size, batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=settings.decode_concurrency), num_cpus=0.5,
         )

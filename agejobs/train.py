@@ -372,15 +372,15 @@ def epoch_batches(shard, local_batch: int, shuffle_buffer_rows: int, cfg: Config
 def training_dataset(cfg: Config, source_uri: str):
     """The training split as the trainer streams it: shuffled every epoch, decoded, labels only."""
     from agejobs.data import face_dataset
+    from agejobs.images import Preprocessing
 
     return face_dataset(
         source_uri,
         "train",
-        cfg.data.image_size,
+        Preprocessing.of(cfg.data),
         train=True,
         batch_size=cfg.data.decode_batch_size,
         concurrency=cfg.data.decode_concurrency,
-        face_crop=cfg.data.face_crop,
         read_concurrency=cfg.data.read_concurrency,
         seed=cfg.train.seed,
     ).select_columns(["image", "age", "gender"])

@@ -35,14 +35,15 @@ def main() -> int:
     args = parser.parse_args()
 
     from agejobs import condense, evaluate, gallery, knn
+    from agejobs.images import Preprocessing
     from agejobs.ray_runtime import quiet_ray_data, ray_session
 
     trained = gallery.load_trained_model(args.checkpoint)
-    size, crop = trained.cfg.data.image_size, trained.cfg.data.face_crop
+    preprocessing = Preprocessing.of(trained.cfg.data)
     with ray_session(num_cpus=args.num_cpus):
         quiet_ray_data()
-        reference = gallery.embed_split(args.checkpoint, args.source, "train", size, 64, 2, 1, crop)
-        queries = gallery.embed_split(args.checkpoint, args.source, "test", size, 64, 2, 1, crop)
+        reference = gallery.embed_split(args.checkpoint, args.source, "train", preprocessing, 64, 2, 1)
+        queries = gallery.embed_split(args.checkpoint, args.source, "test", preprocessing, 64, 2, 1)
     rows = []
     for label in ["all"] + args.per_age.split(","):
         columns = reference if label == "all" else condense.per_age_prototypes(reference, int(label))

@@ -96,7 +96,7 @@ def test_every_bad_input_is_a_row_with_a_reason(corpus_on_s3, s3_bucket):
     table = imported.table
     batch = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in ("image_id", "path")}
     batch.update({name: np.asarray(table.column(name).to_pylist()) for name in ("age", "gender")})
-    out = DecodeFaces(image_size=16)(batch)
+    out = DecodeFaces(16)(batch)
     streamed_errors = {path.rsplit("/", 1)[1] for path, error in zip(batch["path"], out["error"]) if error}
     assert streamed_errors == errors
     assert out["image"].shape == (table.num_rows, 16, 16, 3)

@@ -66,7 +66,7 @@ def test_decode_stage_turns_bad_files_into_error_rows(tmp_path):
     paths = [str(p) for p in (good, empty, text, truncated, missing)]
     batch = {"path": np.array(paths, dtype=object), "image_id": np.array(["a", "b", "c", "d", "e"]),
              "age": np.array([1, 2, 3, 4, 5]), "gender": np.array([0, 1, 0, 1, 0])}
-    out = DecodeFaces(image_size=8)(batch)
+    out = DecodeFaces(8)(batch)
     assert out["image"].shape == (5, 8, 8, 3)
     assert out["error"][0] == ""
     assert "empty file" in out["error"][1] and str(empty) in out["error"][1]

@@ -1,8 +1,6 @@
-"""decode_image on every kind of bad or unusual input, and the optional Haar face crop."""
+"""decode_image on every kind of bad or unusual input (face finding: test_align.py)."""
 
 import io
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,21 +18,12 @@ from bad_inputs import (
 )
 from PIL import Image, ImageFile
 
-from agejobs.images import (
-    ImageDecodeError,
-    _face_cascade,
-    crop_face,
-    decode_image,
-    detect_face,
-    preprocess_encoded,
-    resize_square,
-)
+from agejobs.images import ImageDecodeError, decode_image, preprocess_encoded
 
 # Written once at collection so each case is its own test; removed when the interpreter exits.
 _CORPUS_DIR = tempfile.TemporaryDirectory(prefix="bad_inputs_")
 CORPUS_DIR = Path(_CORPUS_DIR.name)
 CORPUS = write_bad_input_corpus(CORPUS_DIR)
-UTKFACE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-part1"
 
 
 def corner_means(image: np.ndarray) -> dict[str, np.ndarray]:
@@ -107,85 +96,6 @@ def test_pil_bomb_warning_becomes_an_error_and_no_warning_leaks():
                 pass
     assert caught == []
     assert warnings.filters == filters_before
-
-
-def test_cv2_is_imported_only_when_a_face_is_looked_for():
-    code = "import sys, agejobs.images; assert 'cv2' not in sys.modules, 'cv2 imported at start-up'"
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def crop_rectangle(shape: tuple[int, int], box, margin: float = 0.25) -> tuple[int, int, int, int]:
-    """Where crop_face cuts, as (left, top, width, height): crop an image of pixel indices."""
-    height, width = shape
-    indices = np.arange(height * width).reshape(height, width)
-    crop = crop_face(indices, box, margin)
-    top, left = divmod(int(crop[0, 0]), width)
-    return left, top, crop.shape[1], crop.shape[0]
-
-
-def test_crop_face_is_a_square_with_margin_clamped_into_the_image():
-    assert crop_rectangle((400, 400), (100, 100, 40, 40)) == (90, 90, 60, 60)
-    assert crop_rectangle((400, 400), (100, 100, 40, 20)) == (90, 80, 60, 60)  # square on max(w, h)
-    assert crop_rectangle((400, 400), (0, 0, 40, 40)) == (0, 0, 60, 60)  # shifted in, not cut
-    assert crop_rectangle((400, 300), (280, 380, 40, 40)) == (240, 340, 60, 60)
-    assert crop_rectangle((100, 80), (0, 0, 80, 100)) == (0, 10, 80, 80)  # larger than the image
-
-
-def intersection_over_union(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    overlap_w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    overlap_h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    overlap = overlap_w * overlap_h
-    return overlap / (aw * ah + bw * bh - overlap)
-
-
-@pytest.fixture(scope="module")
-def real_face() -> np.ndarray:
-    """The first UTKFace crop (200 x 200) in which detect_face finds a face."""
-    if not UTKFACE_DIR.is_dir():
-        pytest.skip(f"{UTKFACE_DIR} absent (the shared data is not beside this checkout): no real face to detect")
-    for path in sorted(UTKFACE_DIR.iterdir())[:20]:
-        face = decode_image(path.read_bytes(), str(path))
-        if detect_face(face) is not None:
-            return face
-    pytest.fail(f"detect_face found no face in the first 20 files of {UTKFACE_DIR}")
-
-
-def test_face_pasted_into_a_larger_picture_is_found_and_cropped(real_face):
-    left, top = 330, 140
-    region = (left, top, real_face.shape[1], real_face.shape[0])
-    canvas = np.full((600, 600, 3), 128, dtype=np.uint8)
-    canvas[top : top + region[3], left : left + region[2]] = real_face
-
-    box = detect_face(canvas)
-    assert box is not None
-    assert intersection_over_union(box, region) > 0.3, (box, region)
-
-    crop_left, crop_top, side, _ = crop_rectangle(canvas.shape[:2], box)
-    crop_centre = np.array([crop_left + side / 2, crop_top + side / 2])
-    region_centre = np.array([left + region[2] / 2, top + region[3] / 2])
-    assert np.abs(crop_centre - region_centre).max() < 40, (crop_centre, region_centre)
-    assert 100 <= side <= 400, side
-
-    data = encode(Image.fromarray(canvas), "PNG")
-    cropped = preprocess_encoded(data, 64, source="canvas.png", face_crop=True)
-    np.testing.assert_array_equal(cropped, resize_square(crop_face(canvas, box), 64))
-    assert not np.array_equal(cropped, preprocess_encoded(data, 64))
-
-
-def test_without_a_face_the_whole_image_is_kept():
-    flat = np.full((300, 200, 3), 90, dtype=np.uint8)
-    flat[:50, :50] = 200
-    assert detect_face(flat) is None
-    data = encode(Image.fromarray(flat), "PNG")
-    np.testing.assert_array_equal(
-        preprocess_encoded(data, 32, face_crop=True), preprocess_encoded(data, 32)
-    )
-
-
-def test_cascade_is_loaded_once_per_process():
-    assert _face_cascade() is _face_cascade()
 
 
 def test_default_signature_still_works():

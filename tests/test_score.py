@@ -6,9 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from agejobs.config import load_config
 from agejobs.datasets.synthetic import SynthSpec, write_synthetic
@@ -147,3 +149,26 @@ def test_scoring_a_packed_archive_on_s3_writes_its_output_there(world, s3_bucket
     assert sorted(predictions["path"].to_pylist()) == sorted(
         uri for uri, _ in storage.find_files(f"{s3_bucket}/faces/images"))  # the faces' own s3:// URIs
     assert storage.is_done(f"{s3_bucket}/scores/night/shard-00000.parquet")
+
+
+def test_scoring_frames_faces_as_the_checkpoint_was_trained_and_writes_the_outcome(world, tmp_path):
+    """The checkpoint says data.align=landmarks; the scoring job's own config says nothing of it.
+    Every output row says what the face search found."""
+    utkface = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-part1"
+    if not utkface.is_dir():
+        pytest.skip(f"{utkface} absent: no real face to find")
+    checkpoint = write_initial_checkpoint(str(tmp_path / "ck"), load_config(None, OVERRIDES + ["data.align=landmarks"]))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    face = sorted(utkface.iterdir())[0]
+    shutil.copy(face, archive / "face.jpg")
+    Image.new("RGB", (120, 90), (90, 90, 90)).save(archive / "blank.jpg")
+    with ray_session(num_cpus=4):
+        gallery = build_gallery(checkpoint, str(world["root"] / "faces" / "manifest.parquet"), str(tmp_path / "gallery"), world["cfg"])
+        score_archive(str(archive), str(tmp_path / "out"), "night", checkpoint, str(tmp_path / "gallery"), world["cfg"])
+    assert gallery["preprocessing"] == {"size": 32, "align": "landmarks", "no_face": "whole"}
+    assert gallery["face_outcomes"] == {"no_face": gallery["faces_embedded"]}  # drawn faces: none found, kept whole
+    predictions, errors = read_scored(str(tmp_path / "out" / "night"))
+    outcomes = dict(zip([Path(p).name for p in predictions["path"].to_pylist()], predictions["face_outcome"].to_pylist()))
+    assert outcomes == {"face.jpg": "one_face", "blank.jpg": "no_face"} and errors.num_rows == 0
+    assert sorted(predictions["faces_found"].to_pylist()) == [0, 1]
