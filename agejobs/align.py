@@ -41,9 +41,13 @@ CANONICAL_LANDMARKS = np.array(
     [[0.7740, 0.3012], [0.6181, 0.3111], [0.2260, 0.3012], [0.3819, 0.3111], [0.5000, 0.5894]]
 )
 SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
-# Detection runs on the image shrunk to this longer side: HOG's cost grows with pixels, and its
-# 80 px window still finds a face of an eighth of the photo. Landmarks use the full image.
+# Detection and landmarks run on the image shrunk to this longer side: HOG's cost grows with
+# pixels, and its 80 px window still finds a face of an eighth of the photo.
 DETECT_MAX_SIDE = 640
+# (roll in degrees, HOG upsampling) tried in turn until a face is found; all but the first only
+# for the misses. Upsampling once finds faces down to ~40 px at 4x the cost; the HOG detector
+# was trained on upright faces and misses most faces rolled past ~15 degrees.
+DETECT_PASSES = ((0, 0), (0, 1), (20, 0), (-20, 0))
 # A warp that shrinks more than this resamples from too few taps (aliasing); the image is first
 # shrunk by area averaging so that the warp itself scales by about this much.
 MIN_WARP_SCALE = 0.5
@@ -125,17 +129,23 @@ def detect_landmarks(image: np.ndarray) -> tuple[np.ndarray | None, int]:
     scale = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))
     small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1.0 else image
     small = np.ascontiguousarray(small)
-    rects = list(detector(small, 0))
-    if not rects:
-        # Upsampling once finds faces down to ~40 px, at 4x the cost: only for the misses.
-        rects = list(detector(small, 1))
-    if not rects:
+    for angle, upsample in DETECT_PASSES:
+        # Rolled by `angle`, the upright-trained detector sees a rolled face upright. The whole
+        # image turns about its centre, corners cut: faces sit well inside photos.
+        rotation = cv2.getRotationMatrix2D((small.shape[1] / 2, small.shape[0] / 2), angle, 1.0)
+        view = cv2.warpAffine(small, rotation, small.shape[1::-1], flags=cv2.INTER_LINEAR) if angle else small
+        rects = list(detector(view, upsample))
+        if rects:
+            break
+    else:
         return None, 0
     rect = max(rects, key=lambda r: r.width() * r.height())
-    full = dlib.rectangle(*(round(value / scale) for value in (rect.left(), rect.top(), rect.right(), rect.bottom())))
-    shape = predictor(np.ascontiguousarray(image), full)
+    shape = predictor(view, rect)
     points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], dtype=np.float64)
-    return points, len(rects)
+    if angle:
+        points = cv2.invertAffineTransform(rotation) @ np.vstack([points.T, np.ones(len(points))])
+        points = points.T
+    return points / scale, len(rects)
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:

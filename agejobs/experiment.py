@@ -86,6 +86,11 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
     """Embed gallery (train split) and queries (test split); estimate by M-nearest neighbours."""
     reference = embed(checkpoint, manifest, "train", cfg)
     queries = embed(checkpoint, manifest, "test", cfg)
+    return knn_estimate_reports(name, reference, queries, cfg, plots_dir)
+
+
+def knn_estimate_reports(name: str, reference: dict, queries: dict, cfg: Config, plots_dir: str) -> list[dict]:
+    """Reports of embedded queries estimated from the M nearest embedded reference faces."""
     m, chunk = cfg.eval.knn_m, cfg.eval.knn_chunk_size
     _, age_neighbours = knn.exact_l1_knn(queries["age_embedding"], reference["age_embedding"], m, chunk)
     predicted_age = gallery.mean_neighbour_age(age_neighbours, reference["age"])
