@@ -10,8 +10,10 @@
 Every call says what it found (`Framed.outcome`): "one_face", "several_faces" (the largest face
 was used), "no_face" (the caller's fallback decides: the whole image, or an error row) or
 "not_searched" (align none). Nothing here is silent, and nothing downloads: the detector is
-compiled into dlib (`dlib-bin`, Boost licence) and the 5-point model ships in the PyPI package
-`face-recognition-models` (model file CC0; README, "Face alignment").
+compiled into dlib (`dlib-bin`, Boost Software Licence) and the 5-point model ships in the PyPI
+package `face-recognition-models` (MIT; the model file itself released into the public domain by
+its author, Davis King; README, "Data and licences"). That package also holds dlib's 68-point
+model, whose training data forbids commercial use: it is never loaded here.
 
 The canonical chip is UTKFace's own framing, measured: the mean 5 landmarks of 967 UTKFace chips
 (every 10th file of ../shared/data/utkface-part1, one face found), mirrored to be left-right
@@ -45,9 +47,11 @@ SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 # pixels, and its 80 px window still finds a face of an eighth of the photo.
 DETECT_MAX_SIDE = 640
 # (roll in degrees, HOG upsampling) tried in turn until a face is found; all but the first only
-# for the misses. Upsampling once finds faces down to ~40 px at 4x the cost; the HOG detector
-# was trained on upright faces and misses most faces rolled past ~15 degrees.
-DETECT_PASSES = ((0, 0), (0, 1), (20, 0), (-20, 0))
+# for the misses, so an image without a face costs all ten (~10x a found face). Upsampling once
+# finds faces down to ~40 px at 4x the cost; the HOG detector was trained on upright faces and
+# misses many rolled past ~10 degrees. Of the 33 re-framed test faces (bench_robustness) that
+# the first four passes missed, the rolled views of 10 and 30 degrees found 19.
+DETECT_PASSES = ((0, 0), (0, 1), (10, 0), (-10, 0), (20, 0), (-20, 0), (10, 1), (-10, 1), (30, 0), (-30, 0))
 # A warp that shrinks more than this resamples from too few taps (aliasing); the image is first
 # shrunk by area averaging so that the warp itself scales by about this much.
 MIN_WARP_SCALE = 0.5
@@ -123,7 +127,6 @@ def _dlib_models():
 def detect_landmarks(image: np.ndarray) -> tuple[np.ndarray | None, int]:
     """RGB uint8 -> (5 x 2 landmarks of the largest face in image pixels, or None; faces found)."""
     import cv2
-    import dlib
 
     detector, predictor = _dlib_models()
     scale = min(1.0, DETECT_MAX_SIDE / max(image.shape[:2]))

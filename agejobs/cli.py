@@ -7,7 +7,7 @@ so that `agejobs --help` starts instantly.
     agejobs ingest LAYOUT SRC OUT [--split random|subject] [--test-fraction F] [--seed S]
     agejobs pack MANIFEST OUT [--shard-mb MB] [--no-verify]
     agejobs train -c CONFIG --manifest MANIFEST|PACK [--workdir DIR] [key=value ...]
-    agejobs evaluate --checkpoint DIR --manifest MANIFEST|PACK [--workdir DIR]
+    agejobs evaluate --checkpoint DIR --manifest MANIFEST|PACK [--workdir DIR] [data.test_flip=true eval.knn_m=M ...]
     agejobs gallery build --checkpoint DIR --source MANIFEST|PACK --out DIR [-c CONFIG] [key=value ...]
     agejobs score --checkpoint DIR --gallery DIR --archive PREFIX|PACK --out DIR [--run-id ID] [-c CONFIG] [key=value ...]
     agejobs evaluate --scored OUT/RUN_ID --labels MANIFEST|PACK [--workdir DIR]
@@ -220,6 +220,26 @@ def main_score(args) -> int:
     return 0
 
 
+# What `evaluate --checkpoint` may change of the checkpoint's own config: how its estimate is
+# made, never how its faces are framed or sized (that would not be the model that was trained).
+INFERENCE_KEYS = ("eval.", "ray.", "data.test_flip")
+
+
+def inference_overrides(cfg: "Config", overrides: list[str]) -> "Config":  # noqa: F821
+    """The checkpoint's config with `key=value` overrides of inference settings only."""
+    from agejobs.config import ConfigError, config_from_dict, config_to_dict, parse_override
+
+    tree = config_to_dict(cfg)
+    for text in overrides:
+        key, value = parse_override(text)
+        if not key.startswith(INFERENCE_KEYS):
+            raise ConfigError(f"evaluate --checkpoint: {key} is the trained model's own setting; only "
+                              f"{', '.join(INFERENCE_KEYS)} may be overridden")
+        section, name = key.split(".", 1)
+        tree.setdefault(section, {})[name] = value
+    return config_from_dict(tree)
+
+
 def main_evaluate(args) -> int:
     if args.scored:
         return _evaluate_scored(args)
@@ -230,7 +250,7 @@ def main_evaluate(args) -> int:
     from agejobs.gallery import load_trained_model
     from agejobs.ray_runtime import quiet_ray_data
 
-    cfg = load_trained_model(args.checkpoint).cfg
+    cfg = inference_overrides(load_trained_model(args.checkpoint).cfg, args.overrides)
     workdir = _workdir(args.workdir)
     plots_dir = storage.join(workdir, "plots")
     with _ray_for(cfg, args):
@@ -356,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels", help="manifest or pack holding the scored images' labels (joined on path)")
     evaluate.add_argument("--split", default="", help="with --scored: only labels of this split (e.g. test)")
     evaluate.add_argument("--workdir", default="runs/evaluate")
+    evaluate.add_argument("overrides", nargs="*", help="with --checkpoint: inference settings, e.g. data.test_flip=true eval.knn_m=30")
     evaluate.set_defaults(handler=main_evaluate)
 
     gallery = commands.add_parser("gallery", help="build a gallery (embeddings + L1 index) from a checkpoint")

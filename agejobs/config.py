@@ -63,6 +63,9 @@ class DataConfig:
     # An image in which no face is found: "whole" (the whole image stands in) or "error" (an
     # error row with the reason). Either way the outcome column says what happened.
     no_face: str = "whole"
+    # At inference (galleries, evaluation, scoring): run each face and its mirror image through
+    # the model and average the outputs (embeddings, predicted ages, gender logits). 2x the cost.
+    test_flip: bool = False
 
 
 @dataclass

@@ -79,6 +79,7 @@ def embed(checkpoint: str, manifest: str, split: str, cfg: Config) -> dict:
         cfg.eval.embed_batch_size,
         cfg.eval.embed_concurrency,
         cfg.eval.embed_torch_threads,
+        cfg.data.test_flip,
     )
 
 

@@ -84,20 +84,23 @@ class Embedder:
     model and get zero outputs, so errors travel on to be written, never dropped.
     """
 
-    def __init__(self, checkpoint_dir: str, torch_threads: int = 1):
+    def __init__(self, checkpoint_dir: str, torch_threads: int = 1, test_flip: bool | None = None):
         torch.set_num_threads(torch_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         trained = load_trained_model(checkpoint_dir, self.device)
         self.model, self.cfg = trained.model, trained.cfg
+        # None: as the checkpoint says (data.test_flip); galleries and queries must agree.
+        self.test_flip = self.cfg.data.test_flip if test_flip is None else test_flip
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
         out = {name: values for name, values in batch.items() if name != "image"}
         ok = np.asarray(batch["error"]) == "" if "error" in batch else np.ones(len(batch["image"]), dtype=bool)
         images = torch.from_numpy(np.ascontiguousarray(batch["image"][ok])).to(self.device, non_blocking=True)
-        # The GPU path adds bf16 autocast; outputs come back as fp32.
-        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
-            outputs = self.model(to_model_input(images, channels_last=self.cfg.model.channels_last))
+        views = [images, images.flip(2)] if self.test_flip else [images]
+        # Each output averaged over the views (the face and its mirror image).
+        outputs = [self._outputs(view) for view in views]
+        averaged = {name: sum(output[name] for output in outputs) / len(outputs) for name in outputs[0]}
 
         def full(values: torch.Tensor) -> np.ndarray:
             values = values.float().cpu().numpy()
@@ -106,13 +109,24 @@ class Embedder:
             return filled
 
         if self.cfg.train.method == "siamese":
-            out["age_embedding"] = full(outputs["age"])
-            out["gender_embedding"] = full(outputs["gender"])
+            out["age_embedding"] = full(averaged["age"])
+            out["gender_embedding"] = full(averaged["gender"])
             return out
-        age = outputs["age"].float()
-        out["predicted_age"] = full(age.reshape(-1) if self.cfg.train.method == "regression" else dex_expectation(age))
-        out["predicted_gender"] = full(outputs["gender"].argmax(dim=1)).astype(np.int8)
+        out["predicted_age"] = full(averaged["age"])
+        out["predicted_gender"] = full(averaged["gender"].argmax(dim=1)).astype(np.int8)
         return out
+
+    def _outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """uint8 faces -> {"age": embedding or predicted age, "gender": embedding or logits}, fp32."""
+        # The GPU path adds bf16 autocast; outputs come back as fp32.
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.device == "cuda"):
+            outputs = self.model(to_model_input(images, channels_last=self.cfg.model.channels_last))
+        age, gender = outputs["age"].float(), outputs["gender"].float()
+        if self.cfg.train.method == "regression":
+            age = age.reshape(-1)
+        elif self.cfg.train.method == "dex":
+            age = dex_expectation(age)
+        return {"age": age, "gender": gender}
 
 
 def embed_split(
@@ -123,6 +137,7 @@ def embed_split(
     batch_size: int = 128,
     concurrency: int = 1,
     torch_threads: int = 1,
+    test_flip: bool | None = None,
 ) -> dict:
     """Run the embedder over one split of a manifest or pack; returns column -> numpy array, by image_id."""
     from ray.data import ActorPoolStrategy
@@ -132,7 +147,7 @@ def embed_split(
     )
     ds = ds.drop_columns(["error"]).map_batches(
         Embedder,
-        fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": torch_threads},
+        fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": torch_threads, "test_flip": test_flip},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=concurrency),
@@ -270,7 +285,7 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
         "distance": "l1",
         "m": cfg.eval.knn_m,
         "search": dataclasses.asdict(settings) | {"mode": age_index.mode},
-        "preprocessing": dataclasses.asdict(Preprocessing.of(model_cfg.data)),
+        "preprocessing": dataclasses.asdict(Preprocessing.of(model_cfg.data)) | {"test_flip": model_cfg.data.test_flip},
         "face_outcomes": outcome_counts(columns["face_outcome"]),
         "model_config": config_to_dict(model_cfg),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

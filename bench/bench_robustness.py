@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import platform
 import subprocess
@@ -120,6 +121,7 @@ def main() -> int:
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "utkface.yaml"))
     parser.add_argument("--checkpoint", action="append", default=[], help="MODE=DIR: use this checkpoint for that data.align")
     parser.add_argument("--seed", type=int, default=0, help="the re-framing generator's seed")
+    parser.add_argument("--modes", default=",".join(MODES), help="data.align modes to (re)run; the others' rows are kept from --out")
     parser.add_argument("--num-cpus", type=int, default=4)
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench-robustness"))
     parser.add_argument("--out", default=os.path.join(HERE, "results", "robustness.json"))
@@ -134,6 +136,11 @@ def main() -> int:
     cfg = with_absolute_paths(load_config(args.config, args.overrides), ROOT)
     given = dict(item.split("=", 1) for item in args.checkpoint)
     workdir = os.path.abspath(args.workdir)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    kept = {}
+    if os.path.exists(args.out):
+        with open(args.out) as handle:
+            kept = json.load(handle)["models"]
     results = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args), "models": {}}
     with ray_session(num_cpus=args.num_cpus):
         quiet_ray_data()
@@ -142,6 +149,10 @@ def main() -> int:
         manifests = {"original": manifest, "reframed": write_reframed(manifest, os.path.join(workdir, "reframed"), args.seed)}
         print(f"[reframe] test faces re-framed ({time.perf_counter() - started:.0f} s)", flush=True)
         for mode in MODES:
+            if mode not in args.modes.split(","):
+                if mode in kept:
+                    results["models"][mode] = kept[mode]
+                continue
             mode_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, align=mode))
             started = time.perf_counter()
             if mode in given:
@@ -150,18 +161,17 @@ def main() -> int:
                 outcome = run_training(mode_cfg, manifest, f"siamese-{mode}", storage.join(workdir, "checkpoints"), progress_label=f"align {mode}")
                 checkpoint, trained = outcome.checkpoint_path, f"{outcome.metrics.get('step')} steps"
             evaluation = evaluate_model(checkpoint, manifests, mode_cfg, os.path.join(workdir, "plots", mode))
-            results["models"][mode] = {"checkpoint": checkpoint, "trained": trained, "seconds": round(time.perf_counter() - started, 1), **evaluation}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    results["commit"] = commit
+            results["models"][mode] = {"checkpoint": checkpoint, "trained": trained, "commit": commit,
+                                       "seconds": round(time.perf_counter() - started, 1), **evaluation}
     for model in results["models"].values():
         model["gap"] = round(model["reframed"]["mae"] - model["original"]["mae"], 3)
     write_results(args.out, results)
-    print(f"\nrobustness to framing, siamese-kNN, {cfg.data.image_size} px ({results['machine']}, {commit})")
+    print(f"\nrobustness to framing, siamese-kNN, {cfg.data.image_size} px ({results['machine']})")
     print(f"{'data.align':<12}{'original MAE':>14}{'re-framed MAE':>15}{'gap':>8}{'CS(5) orig / re-framed':>26}")
     for mode, model in results["models"].items():
         original, reframed = model["original"], model["reframed"]
         print(f"{mode:<12}{original['mae']:>14.2f}{reframed['mae']:>15.2f}{model['gap']:>+8.2f}"
-              f"{original['cs']['5']:>17.1f}% / {reframed['cs']['5']:.1f}%")
+              f"{original['cs']['5']:>17.1f}% / {reframed['cs']['5']:.1f}%   (evaluated at {model.get('commit', '?')})")
     print(f"wrote {args.out}")
     return 0
 

@@ -54,3 +54,15 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"agejobs gallery: error: {tmp_path / 'runs' / 'nope'} is not an agejobs checkpoint" in err
     assert "Traceback" not in err
+
+
+def test_evaluate_overrides_only_inference_settings_of_a_checkpoint():
+    from agejobs.cli import inference_overrides
+    from agejobs.config import ConfigError, load_config
+
+    trained = load_config(None, ["data.align=landmarks"])
+    changed = inference_overrides(trained, ["data.test_flip=true", "eval.knn_m=30"])
+    assert (changed.data.test_flip, changed.eval.knn_m, changed.data.align) == (True, 30, "landmarks")
+    for key in ("data.align=none", "data.image_size=64", "model.backbone=resnet18"):
+        with pytest.raises(ConfigError, match="trained model's own setting"):
+            inference_overrides(trained, [key])

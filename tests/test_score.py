@@ -166,7 +166,7 @@ def test_scoring_frames_faces_as_the_checkpoint_was_trained_and_writes_the_outco
     with ray_session(num_cpus=4):
         gallery = build_gallery(checkpoint, str(world["root"] / "faces" / "manifest.parquet"), str(tmp_path / "gallery"), world["cfg"])
         score_archive(str(archive), str(tmp_path / "out"), "night", checkpoint, str(tmp_path / "gallery"), world["cfg"])
-    assert gallery["preprocessing"] == {"size": 32, "align": "landmarks", "no_face": "whole"}
+    assert gallery["preprocessing"] == {"size": 32, "align": "landmarks", "no_face": "whole", "test_flip": False}
     assert gallery["face_outcomes"] == {"no_face": gallery["faces_embedded"]}  # drawn faces: none found, kept whole
     predictions, errors = read_scored(str(tmp_path / "out" / "night"))
     outcomes = dict(zip([Path(p).name for p in predictions["path"].to_pylist()], predictions["face_outcome"].to_pylist()))
