@@ -101,11 +101,10 @@ def knn_estimate_reports(name: str, reference: dict, queries: dict, cfg: Config,
     if name == SIAMESE and cfg.loss.gender_weight > 0:
         _, gender_neighbours = knn.exact_l1_knn(queries["gender_embedding"], reference["gender_embedding"], m, chunk)
         gender, _ = gallery.majority_neighbour_gender(gender_neighbours, reference["gender"])
-        reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender, queries["gender"],
-                                              face_outcomes=queries["face_outcome"]))
     else:
-        reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender_from_age, queries["gender"],
-                                              face_outcomes=queries["face_outcome"]))
+        gender = gender_from_age
+    reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender, queries["gender"],
+                                          face_outcomes=queries["face_outcome"]))
     # The paper's Table 2: how well the AGE embedding alone separates gender.
     from_age = evaluate.gender_accuracy(gender_from_age, queries["gender"])
     reports[0]["gender_accuracy_from_age_embedding"] = None if np.isnan(from_age) else from_age

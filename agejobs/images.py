@@ -173,11 +173,10 @@ def preprocess_face(data: bytes, preprocessing: Preprocessing, source: str = "<b
 
     image = decode_image(data, source)
     framed = frame_face(image, preprocessing.align, preprocessing.size)
-    if framed.image is None:
-        if preprocessing.no_face == "error":
-            raise NoFaceError(f"{source}: no face found (data.align={preprocessing.align}, data.no_face=error)")
-        return Face(resize_square(image, preprocessing.size), framed.outcome, framed.faces)
-    return Face(resize_square(framed.image, preprocessing.size), framed.outcome, framed.faces)
+    if framed.image is None and preprocessing.no_face == "error":
+        raise NoFaceError(f"{source}: no face found (data.align={preprocessing.align}, data.no_face=error)")
+    face = image if framed.image is None else framed.image
+    return Face(resize_square(face, preprocessing.size), framed.outcome, framed.faces)
 
 
 def preprocess_encoded(data: bytes, size: int, source: str = "<bytes>", align: str = "none", no_face: str = "whole") -> np.ndarray:

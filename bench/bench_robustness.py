@@ -118,7 +118,7 @@ def evaluate_model(checkpoint: str, manifests: dict, cfg, plots_dir: str) -> dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "utkface.yaml"))
+    parser.add_argument("--config", default="configs/utkface.yaml", help="relative paths resolve against the repository root")
     parser.add_argument("--checkpoint", action="append", default=[], help="MODE=DIR: use this checkpoint for that data.align")
     parser.add_argument("--seed", type=int, default=0, help="the re-framing generator's seed")
     parser.add_argument("--modes", default=",".join(MODES), help="data.align modes to (re)run; the others' rows are kept from --out")
@@ -133,7 +133,7 @@ def main() -> int:
     from agejobs.ray_runtime import quiet_ray_data, ray_session
     from agejobs.train import run_training
 
-    cfg = with_absolute_paths(load_config(args.config, args.overrides), ROOT)
+    cfg = with_absolute_paths(load_config(os.path.join(ROOT, args.config), args.overrides), ROOT)
     given = dict(item.split("=", 1) for item in args.checkpoint)
     workdir = os.path.abspath(args.workdir)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -161,7 +161,8 @@ def main() -> int:
                 outcome = run_training(mode_cfg, manifest, f"siamese-{mode}", storage.join(workdir, "checkpoints"), progress_label=f"align {mode}")
                 checkpoint, trained = outcome.checkpoint_path, f"{outcome.metrics.get('step')} steps"
             evaluation = evaluate_model(checkpoint, manifests, mode_cfg, os.path.join(workdir, "plots", mode))
-            results["models"][mode] = {"checkpoint": checkpoint, "trained": trained, "commit": commit,
+            # Recorded relative to the repository: where a run put its checkpoints is not a setting.
+            results["models"][mode] = {"checkpoint": os.path.relpath(checkpoint, ROOT), "trained": trained, "commit": commit,
                                        "seconds": round(time.perf_counter() - started, 1), **evaluation}
     for model in results["models"].values():
         model["gap"] = round(model["reframed"]["mae"] - model["original"]["mae"], 3)
