@@ -238,6 +238,19 @@ def shard_counts(run_uri: str, index: int) -> dict | None:
     return storage.done_summary(output_uri(run_uri, index))
 
 
+def finished_run(run_uri: str, stamp: dict) -> dict | None:
+    """The stored totals of a run whose every shard is done, or None if it never finished. A
+    finished run scored by another model or gallery is refused: its rows carry the other stamp."""
+    run_file = storage.join(run_uri, RUN_FILE)
+    if not storage.exists(run_file):
+        return None
+    stored = json.loads(storage.read_bytes(run_file))
+    theirs = {key: stored.get(key) for key in stamp}
+    if theirs != stamp:
+        raise ValueError(f"run {run_uri} was scored with {theirs}, not {stamp}: use another run id or output")
+    return stored
+
+
 def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, gallery_uri: str, cfg: Config) -> dict:
     """Score every unfinished input shard of the archive; returns the run's totals."""
     import ray
@@ -255,6 +268,10 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     pending = [index for index in range(plan.num_shards) if shard_counts(run_uri, index) is None]
     log.info("score %s -> %s: %d input shards, %d already done", source_uri, run_uri, plan.num_shards, plan.num_shards - len(pending))
     stamp = {"model_version": fingerprint[:16], "gallery_version": gallery_manifest["gallery_version"], "run_id": run_id}
+    finished = finished_run(run_uri, stamp) if not pending else None
+    if finished is not None:  # a rerun of a finished night writes nothing, run.json included
+        return {**finished, "shards_skipped": plan.num_shards, "shards_written": 0, "first_output_s": None,
+                "seconds": round(time.perf_counter() - started, 2)}
     writer = ShardWriter(run_uri, plan, pending, stamp, cfg.score.fail_after_shards)
     descriptors = [
         {"shard": plan.files[index], "row_group": group, "input_shard": index}

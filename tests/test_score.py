@@ -95,11 +95,19 @@ def test_killed_scoring_run_rerun_holds_each_input_exactly_once(world, tmp_path)
     stamps = set(zip(predictions["model_version"].to_pylist(), predictions["gallery_version"].to_pylist()))
     assert stamps == {(world["manifest"]["model_fingerprint"][:16], world["manifest"]["gallery_version"])}
 
-    before = {path: path.stat().st_mtime_ns for path in run_dir.glob("shard-*")}
+    before = written_files(out)
     again = run_cli(*score_args(world, archive, out, "score.shard_images=8"))
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads(again.stdout.strip().splitlines()[-1])["shards_written"] == 0
-    assert {path: path.stat().st_mtime_ns for path in run_dir.glob("shard-*")} == before  # nothing rewritten
+    summary_again = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary_again["shards_written"] == 0 and summary_again["shards_skipped"] == 6
+    assert summary_again["rows_in"] == summary["rows_in"] and summary_again["scored"] == summary["scored"]
+    assert written_files(out) == before  # a finished night: no file written, touched or added (run.json too)
+
+
+def written_files(root: Path) -> dict:
+    """Every file under root: (mtime_ns, size, bytes) by relative path."""
+    return {str(path.relative_to(root)): (path.stat().st_mtime_ns, path.stat().st_size, path.read_bytes())
+            for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 def test_corrupt_images_become_error_rows_and_every_other_input_is_scored(world, tmp_path):
@@ -172,3 +180,14 @@ def test_scoring_frames_faces_as_the_checkpoint_was_trained_and_writes_the_outco
     outcomes = dict(zip([Path(p).name for p in predictions["path"].to_pylist()], predictions["face_outcome"].to_pylist()))
     assert outcomes == {"face.jpg": "one_face", "blank.jpg": "no_face"} and errors.num_rows == 0
     assert sorted(predictions["faces_found"].to_pylist()) == [0, 1]
+
+
+def test_a_finished_run_of_another_model_is_refused(tmp_path):
+    from agejobs.score import RUN_FILE, finished_run
+
+    stamp = {"model_version": "a" * 16, "gallery_version": "g1", "run_id": "night"}
+    assert finished_run(str(tmp_path), stamp) is None  # never finished: score it
+    (tmp_path / RUN_FILE).write_text(json.dumps({**stamp, "rows_in": 3}))
+    assert finished_run(str(tmp_path), stamp)["rows_in"] == 3
+    with pytest.raises(ValueError, match="was scored with"):
+        finished_run(str(tmp_path), {**stamp, "model_version": "b" * 16})
