@@ -1,16 +1,18 @@
 """Connect to a Ray cluster, or start a private local one, and stop only what we started.
 
 A local instance gets its own temp dir and an explicit CPU count: on a shared machine `ray stop`
-(and any cleanup that looks for "the" Ray session) would kill other people's Ray processes.
+(and any cleanup that looks for "the" Ray session) would kill other people's Ray processes. It
+ends with its driver, even a killed one (ray_reaper).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 import warnings
+
+from agejobs.ray_reaper import TEMP_PREFIX, claim, reap, reap_orphans, release, temp_root
 
 
 # Logical CPUs of a local instance when none are given: Ray Data's ListFiles task takes 1 CPU and
@@ -55,26 +57,28 @@ def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings",
         return
     if console == "quiet":  # Ray's own deprecation notices, raised in this process
         warnings.filterwarnings("ignore", module=r"ray(\.|$)")
-    # Short path: Ray's unix sockets live under it and must stay below ~107 characters.
-    temp_dir = tempfile.mkdtemp(prefix="agejobs-ray-", dir="/tmp")
+    reap_orphans()  # instances of drivers that were killed before they could stop them
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=temp_root())
+    watcher = claim(temp_dir)  # ends the instance if this process is killed
     cpus = num_cpus or max(os.cpu_count() or 1, MIN_LOCAL_CPUS)
-    ray.init(
-        num_cpus=cpus,
-        _temp_dir=temp_dir,
-        include_dashboard=False,
-        _metrics_export_port=metrics_export_port or None,
-        log_to_driver=console != "quiet",
-        configure_logging=True,
-        logging_level={"quiet": "ERROR", "warnings": "WARNING", "verbose": "INFO"}[console],
-        runtime_env={"worker_process_setup_hook": f"{__name__}.{without_dashboard_noise.__name__}"},
-    )
-    if console == "quiet":
-        quiet_ray_data_console()
     try:
+        ray.init(
+            num_cpus=cpus,
+            _temp_dir=temp_dir,
+            include_dashboard=False,
+            _metrics_export_port=metrics_export_port or None,
+            log_to_driver=console != "quiet",
+            configure_logging=True,
+            logging_level={"quiet": "ERROR", "warnings": "WARNING", "verbose": "INFO"}[console],
+            runtime_env={"worker_process_setup_hook": f"{__name__}.{without_dashboard_noise.__name__}"},
+        )
+        if console == "quiet":
+            quiet_ray_data_console()
         yield
     finally:
         ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        release(watcher)
+        reap(temp_dir)  # any worker that outlived the shutdown, then the temp dir
 
 
 def quiet_ray_data_console() -> None:
