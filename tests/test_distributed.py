@@ -92,3 +92,47 @@ def test_local_pairs_differ_from_the_global_loss(tmp_path, single_process):
     expected, _ = single_process
     results = run_two_ranks("local", tmp_path)
     assert not torch.allclose(results[0]["grads"]["age.weight"], expected["age.weight"], rtol=1e-3)
+
+
+LARGE_WORLD, LARGE_LOCAL = 8, 24
+
+
+def embeddings_only_batch():
+    """Age and gender embeddings of LARGE_WORLD * LARGE_LOCAL faces (no backbone), float64."""
+    generator = torch.Generator().manual_seed(2)
+    total = LARGE_WORLD * LARGE_LOCAL
+    return (torch.randn(total, 70, generator=generator, dtype=torch.float64) * 10,
+            torch.randn(total, 10, generator=generator, dtype=torch.float64) * 10,
+            torch.randint(1, 90, (total,), generator=generator), torch.randint(0, 2, (total,), generator=generator))
+
+
+def embeddings_worker(rank, port, out_dir):
+    """bench/bench_global_batch.py's step at a size one process can hold: chunks of 7 rows cross
+    the ranks' row boundaries."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=LARGE_WORLD)
+    torch.set_num_threads(1)
+    age, gender, ages, genders = embeddings_only_batch()
+    rows = slice(rank * LARGE_LOCAL, (rank + 1) * LARGE_LOCAL)
+    outputs = {"age": age[rows].clone().requires_grad_(True), "gender": gender[rows].clone().requires_grad_(True)}
+    loss, _ = siamese_loss(outputs, ages[rows], genders[rows], config("global", chunk_rows=7))
+    loss.backward()
+    torch.save({name: tensor.grad for name, tensor in outputs.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_eight_ranks_of_embeddings_match_one_process(tmp_path):
+    """Each rank's gradient is world_size x the single-process one (the loss is scaled to cancel
+    DDP's averaging, and here no DDP averages it)."""
+    age, gender, ages, genders = embeddings_only_batch()
+    whole = {"age": age.clone().requires_grad_(True), "gender": gender.clone().requires_grad_(True)}
+    siamese_loss(whole, ages, genders, config("global"))[0].backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(embeddings_worker, args=(port, str(tmp_path)), nprocs=LARGE_WORLD, start_method="spawn")
+    for rank in range(LARGE_WORLD):
+        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        rows = slice(rank * LARGE_LOCAL, (rank + 1) * LARGE_LOCAL)
+        for name in ("age", "gender"):
+            torch.testing.assert_close(grads[name] / LARGE_WORLD, whole[name].grad[rows], rtol=1e-9, atol=1e-12)
