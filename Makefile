@@ -20,7 +20,8 @@ demo: $(BIN)/.installed
 	$(BIN)/agejobs demo --workdir $(WORKDIR)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	# The slowest tests listed at the end: the suite must stay under 25 minutes on 2 cores.
+	$(BIN)/python -m pytest -q --durations=25
 
 # The real-data benchmark (~43 min on 2 cores, budgets in epochs); needs ../shared beside the checkout.
 utkface: $(BIN)/.installed
