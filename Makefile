@@ -23,7 +23,7 @@ test: $(BIN)/.installed
 	# The slowest tests listed at the end: the suite must stay under 25 minutes on 2 cores.
 	$(BIN)/python -m pytest -q --durations=25
 
-# The real-data benchmark (~43 min on 2 cores, budgets in epochs); needs ../shared beside the checkout.
+# The real-data benchmark (~41 min on 2 cores, budgets in epochs); needs ../shared beside the checkout.
 utkface: $(BIN)/.installed
 	$(BIN)/agejobs experiment -c configs/utkface.yaml --workdir runs/utkface
 
