@@ -125,10 +125,14 @@ def claim(temp_dir: str) -> subprocess.Popen | None:
     owner = {"pid": os.getpid(), "start_ticks": ticks}
     with open(os.path.join(temp_dir, OWNER_FILE), "w") as handle:
         json.dump(owner, handle)
+    # The watcher imports this module from where the driver did (an installed or a source tree),
+    # and runs in "/" so that it holds no directory of the driver's open.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    search_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-m", __name__, str(owner["pid"]), str(ticks), temp_dir],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, cwd="/",
+        start_new_session=True, cwd="/", env={**os.environ, "PYTHONPATH": search_path},
     )
 
 

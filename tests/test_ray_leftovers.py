@@ -5,10 +5,13 @@ group (what a scheduler or Ctrl-\\ sends) used to leave the run's workers and te
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,8 +43,7 @@ def wait_until(predicate, timeout_s: float, what: str):
 @linux_only
 @pytest.mark.slow
 def test_killed_training_driver_leaves_no_ray_process_or_temp_dir(tmp_path):
-    temp_root = tmp_path / "r"  # short: Ray's socket paths live under it
-    temp_root.mkdir()
+    temp_root = Path(tempfile.mkdtemp(prefix="aj-", dir="/tmp"))  # short: Ray's socket paths live under it
     write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=16, images_per_subject=3, image_size=40))
     command = [sys.executable, "-m", "agejobs", "train", "-c", "configs/demo.yaml", "--manifest",
                str(tmp_path / "faces" / "manifest.parquet"), "--workdir", str(tmp_path / "run"), "data.image_size=32",
@@ -66,6 +68,7 @@ def test_killed_training_driver_leaves_no_ray_process_or_temp_dir(tmp_path):
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+        shutil.rmtree(temp_root, ignore_errors=True)
 
 
 @linux_only
