@@ -19,8 +19,8 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/agejobs demo --workdir $(WORKDIR)
 
+# The slowest tests are listed at the end: the suite must stay under 25 minutes on 2 cores.
 test: $(BIN)/.installed
-	# The slowest tests listed at the end: the suite must stay under 25 minutes on 2 cores.
 	$(BIN)/python -m pytest -q --durations=25
 
 # The real-data benchmark (~41 min on 2 cores, budgets in epochs); needs ../shared beside the checkout.
