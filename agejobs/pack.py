@@ -86,6 +86,10 @@ def is_pack(uri: str) -> bool:
     return storage.exists(storage.join(uri, PLAN_FILE))
 
 
+def write_plan(out_uri: str, plan: PackPlan) -> None:
+    storage.write_bytes_atomic(storage.join(out_uri, PLAN_FILE), json.dumps(asdict(plan), indent=1).encode())
+
+
 def read_plan(out_uri: str) -> PackPlan:
     return PackPlan(**json.loads(storage.read_bytes(storage.join(out_uri, PLAN_FILE))))
 
@@ -119,7 +123,7 @@ def shard_slice(manifest: pa.Table, plan: PackPlan, index: int, order=None) -> p
 
 
 def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -> dict:
-    """Read, (verify) and write one shard: errors table, shard, then its done-marker."""
+    """Read and (verify) the images of one shard's manifest rows, then write it."""
     rows = rows_table.to_pylist()
     packed, rejected = [], []
     for row in rows:
@@ -135,9 +139,13 @@ def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -
                 rejected.append(Rejected(row["path"], STAGE_DECODE, str(error)))
                 continue
         packed.append({**row, "image_bytes": data})
-    counts = {"rows_in": len(rows), "rows_ok": len(packed), "rows_rejected": len(rejected)}
-    assert counts["rows_in"] == counts["rows_ok"] + counts["rows_rejected"]
+    return write_shard(packed, rejected, out_uri, index)
 
+
+def write_shard(packed: list[dict], rejected: list[Rejected], out_uri: str, index: int) -> dict:
+    """Shard `index` of a pack from its rows (SHARD_SCHEMA) and its rejected inputs: errors
+    table, shard, then its done-marker. Also how a generator writes a pack without loose files."""
+    counts = {"rows_in": len(packed) + len(rejected), "rows_ok": len(packed), "rows_rejected": len(rejected)}
     write_table_atomic(errors_to_table(rejected), errors_uri(out_uri, index))
     shard = pa.Table.from_pylist(packed, schema=SHARD_SCHEMA)
     write_table_atomic(shard, shard_uri(out_uri, index), row_group_size=ROW_GROUP_ROWS)
@@ -169,7 +177,7 @@ def pack(
             )
         plan = existing  # same inputs: keep the recorded sharding so finished shards stay valid
     else:
-        storage.write_bytes_atomic(plan_uri, json.dumps(asdict(plan), indent=1).encode())
+        write_plan(out_uri, plan)
 
     results = {index: storage.done_summary(shard_uri(out_uri, index)) for index in range(plan.num_shards)}
     todo = [index for index, counts in results.items() if counts is None]

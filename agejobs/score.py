@@ -302,8 +302,9 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
         )
         first_output_s = None
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-            # Actors started, model and index loaded, the first block through every stage.
-            first_output_s = first_output_s or round(time.perf_counter() - started, 2)
+            if first_output_s is None:  # actors started, model and index loaded, a block through every stage
+                first_output_s = round(time.perf_counter() - started, 2)
+                log.info("first scored rows after %.1f s", first_output_s)
             writer.add(batch)
     timing = {"first_output_s": first_output_s if descriptors else None, "seconds": round(time.perf_counter() - started, 2)}
     if writer.parts:

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from common import PeakRss, settings, write_results
+from common import PeakRss, plain_score_loop, settings, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,32 +43,15 @@ def overrides(args) -> list[str]:
     ]
 
 
-def plain_loop(archive: str, checkpoint: str, gallery_uri: str, batch: int, threads: int) -> float:
-    import numpy as np
-    import torch
-
+def plain_loop(archive: str, checkpoint: str, gallery_uri: str, batch: int, threads: int) -> dict:
     from agejobs import storage
-    from agejobs.data import to_model_input
-    from agejobs.gallery import load_gallery, load_trained_model
-    from agejobs.images import preprocess_encoded
 
-    torch.set_num_threads(threads)
-    loading = time.perf_counter()
-    trained = load_trained_model(checkpoint)
-    gallery = load_gallery(gallery_uri, checkpoint, trained.fingerprint)
-    size = trained.cfg.data.image_size
-    started = time.perf_counter()
-    load_s = started - loading
-    paths = [uri for uri, _ in storage.find_files(archive)]
-    scored = 0
-    for start in range(0, len(paths), batch):
-        images = np.stack([preprocess_encoded(storage.read_bytes(p), size, p) for p in paths[start : start + batch]])
-        with torch.inference_mode():
-            outputs = trained.model(to_model_input(torch.from_numpy(images), channels_last=trained.cfg.model.channels_last))
-        estimates = gallery.estimate(outputs["age"].float().numpy(), outputs["gender"].float().numpy())
-        scored += len(estimates["predicted_age"])
-    seconds = time.perf_counter() - started
-    return {"faces_per_s": scored / seconds, "end_to_end_faces_per_s": scored / (seconds + load_s), "load_s": load_s}
+    def batches():
+        paths = [uri for uri, _ in storage.find_files(archive)]
+        for start in range(0, len(paths), batch):
+            yield [(path, storage.read_bytes(path)) for path in paths[start : start + batch]]
+
+    return plain_score_loop(batches(), checkpoint, gallery_uri, threads)
 
 
 def main() -> int:

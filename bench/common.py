@@ -12,17 +12,18 @@ class PeakRss:
 
     `tree=True` sums this process and all its descendants (a local Ray cluster); `peak` is the
     largest sample, `processes_at_peak` how many processes it summed, `driver_peak` this
-    process alone, `base` this process when sampling started.
+    process alone, `base` this process when sampling started. `pid`: another process (a driver
+    run as a subprocess) instead of this one.
     """
 
-    def __init__(self, interval_s: float = 0.2, tree: bool = False):
+    def __init__(self, interval_s: float = 0.2, tree: bool = False, pid: int | None = None):
         import psutil
 
-        self.root = psutil.Process()
+        self.root = psutil.Process(pid)
         self.interval_s = interval_s
         self.tree = tree
         self.base = self.root.memory_info().rss
-        self.peak = self.driver_peak = self.base
+        self.peak = self.driver_peak = self.last = self.last_driver = self.base
         self.processes_at_peak = 1
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -39,10 +40,15 @@ class PeakRss:
         return total, count
 
     def sample(self) -> None:
+        try:
+            driver = self.root.memory_info().rss
+        except Exception:  # the process ended (or was killed) while sampling
+            return
         total, count = self._total()
+        self.last, self.last_driver = total, driver
         if total > self.peak:
             self.peak, self.processes_at_peak = total, count
-        self.driver_peak = max(self.driver_peak, self.root.memory_info().rss)
+        self.driver_peak = max(self.driver_peak, driver)
 
     def _run(self) -> None:
         while not self.stop_event.is_set():
@@ -68,3 +74,36 @@ def write_results(path: str, results: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as handle:
         json.dump(results, handle, indent=2)
+
+
+def plain_score_loop(encoded_batches, checkpoint: str, gallery_uri: str, threads: int) -> dict:
+    """The plain way to score an archive: one process, `threads` torch threads; each batch of
+    (source, encoded image) is preprocessed (images.preprocess_encoded), embedded and estimated
+    against the gallery (Gallery.estimate); nothing written. `encoded_batches` is an iterable,
+    so listing and reading the archive are timed with the rest."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from agejobs.data import to_model_input
+    from agejobs.gallery import load_gallery, load_trained_model
+    from agejobs.images import preprocess_encoded
+
+    torch.set_num_threads(threads)
+    loading = time.perf_counter()
+    trained = load_trained_model(checkpoint)
+    gallery = load_gallery(gallery_uri, checkpoint, trained.fingerprint)
+    size, channels_last = trained.cfg.data.image_size, trained.cfg.model.channels_last
+    started = time.perf_counter()
+    load_s = started - loading
+    scored = 0
+    for batch in encoded_batches:
+        images = np.stack([preprocess_encoded(data, size, source) for source, data in batch])
+        with torch.inference_mode():
+            outputs = trained.model(to_model_input(torch.from_numpy(images), channels_last=channels_last))
+        estimates = gallery.estimate(outputs["age"].float().numpy(), outputs["gender"].float().numpy())
+        scored += len(estimates["predicted_age"])
+    seconds = time.perf_counter() - started
+    return {"faces": scored, "seconds": seconds, "faces_per_s": scored / seconds,
+            "end_to_end_faces_per_s": scored / (seconds + load_s), "load_s": load_s}
