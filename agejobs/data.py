@@ -2,8 +2,8 @@
 
     evaluation:  SOURCE -> read -> filter(split) -> map_batches(DecodeFaces)
     training:    SOURCE -> the split's rows in a fresh seeded order every epoch -> DecodeFaces
-    both yield   {"image": uint8 (n, S, S, 3), "age", "gender", "image_id", "error", "face_outcome",
-                  "faces_found"}
+    both yield   {"image": uint8 (n, S, S, 3), "age", "gender", "image_id", "error", "error_class",
+                  "face_outcome", "faces_found"}
 
 SOURCE is either a manifest (one Parquet file; each row names an image file by `path`, one GET
 per image) or a pack directory (`agejobs pack`: shards carrying the image bytes themselves).
@@ -36,7 +36,15 @@ from __future__ import annotations
 import numpy as np
 
 from agejobs import metrics, pack, storage
-from agejobs.images import IMAGENET_MEAN, IMAGENET_STD, ImageDecodeError, NoFaceError, Preprocessing, preprocess_face
+from agejobs.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageDecodeError,
+    NoFaceError,
+    Preprocessing,
+    preprocess_face,
+    reason_class_of,
+)
 
 LABEL_COLUMNS = ("image_id", "age", "gender")
 # Carried through decoding untouched: where a face came from (scoring writes it out per input shard).
@@ -78,25 +86,26 @@ class DecodeFaces:
         packed_bytes = batch.get("image_bytes")  # present when reading shards of a pack
         size = self.preprocessing.size
         images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
-        errors, outcomes, faces = [], [], np.zeros(len(paths), dtype=np.int16)
+        errors, classes, outcomes, faces = [], [], [], np.zeros(len(paths), dtype=np.int16)
         for index, path in enumerate(paths):
             try:
                 data = packed_bytes[index] if packed_bytes is not None else storage.read_bytes(path)
                 face = preprocess_face(data, self.preprocessing, path)
                 images[index], faces[index] = face.image, face.faces
                 errors.append("")
+                classes.append("")
                 outcomes.append(face.outcome)
-            except NoFaceError as error:
-                errors.append(str(error))
-                outcomes.append("no_face")
             except (ImageDecodeError, OSError) as error:
                 errors.append(str(error))
-                outcomes.append("")  # never got as far as looking for a face
+                classes.append(reason_class_of(error))
+                # "": never got as far as looking for a face
+                outcomes.append("no_face" if isinstance(error, NoFaceError) else "")
         for outcome in set(outcomes) - {""}:  # "": undecodable, never searched
             metrics.inc("face_outcomes", outcomes.count(outcome), outcome=outcome)
         out = {name: np.asarray(batch[name]) for name in LABEL_COLUMNS + SOURCE_COLUMNS if name in batch}
         out["image"] = images
         out["error"] = np.asarray(errors, dtype=object)
+        out["error_class"] = np.asarray(classes, dtype=object)  # metrics.REJECT_REASONS, "" when decoded
         out["face_outcome"] = np.asarray(outcomes, dtype=object)
         out["faces_found"] = faces
         return out

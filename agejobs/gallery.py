@@ -145,7 +145,7 @@ def embed_split(
     ds = face_dataset(
         manifest_uri, split, preprocessing, train=False, batch_size=batch_size, concurrency=concurrency
     )
-    ds = ds.drop_columns(["error"]).map_batches(
+    ds = ds.drop_columns(["error", "error_class"]).map_batches(
         Embedder,
         fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": torch_threads, "test_flip": test_flip},
         batch_size=batch_size,

@@ -55,7 +55,22 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG covers 
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 class ImageDecodeError(ValueError):
-    """An input that is not a usable image; the message names the input."""
+    """An input that is not a usable image; the message names the input and `reason_class` (one of
+    metrics.REJECT_REASONS) says which kind of bad input it is."""
+
+    reason_class = "decode"
+
+    def __init__(self, message: str, reason_class: str | None = None):
+        super().__init__(message)
+        if reason_class is not None:
+            self.reason_class = reason_class
+
+
+def reason_class_of(error: Exception) -> str:
+    """The reason class of what a read-and-decode site caught: the error's own, or from its type."""
+    if isinstance(error, ImageDecodeError):
+        return error.reason_class
+    return "missing" if isinstance(error, FileNotFoundError) else "other"
 
 
 def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -77,7 +92,7 @@ def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageDecodeError(f"{source}: image too large: {error}") from error
+        raise ImageDecodeError(f"{source}: image too large: {error}", "too_large") from error
     except Image.UnidentifiedImageError as error:
         # PIL's own message only names a BytesIO address; the first bytes say what it was.
         raise ImageDecodeError(
@@ -94,7 +109,8 @@ def _decode(data: bytes, source: str) -> np.ndarray:
         width, height = image.size  # from the header: no pixel decoded yet
         if width * height > MAX_IMAGE_PIXELS:
             raise ImageDecodeError(
-                f"{source}: image too large: {width} x {height} pixels exceeds MAX_IMAGE_PIXELS ({MAX_IMAGE_PIXELS})"
+                f"{source}: image too large: {width} x {height} pixels exceeds MAX_IMAGE_PIXELS ({MAX_IMAGE_PIXELS})",
+                "too_large",
             )
         try:
             image.load()  # the full decode, so truncation raises here and not later
@@ -137,6 +153,8 @@ NO_FACE_FALLBACKS = CHOICES["data.no_face"]
 
 class NoFaceError(ImageDecodeError):
     """No face was found and the preprocessing says such an image is an error (data.no_face)."""
+
+    reason_class = "no_face"
 
 
 @dataclass(frozen=True)

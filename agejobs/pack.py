@@ -4,7 +4,8 @@ With millions of small files, one GET per image dominates a streaming pass; a fe
 shards of ~64 MB are read in large sequential requests instead (bench/bench_streaming.py).
 
     OUT/pack.json                     the plan: source, rows, rows_per_shard, num_shards (first)
-    OUT/shard-00000.errors.parquet    inputs of shard 0 that could not be packed (input, stage, reason)
+    OUT/shard-00000.errors.parquet    inputs of shard 0 that could not be packed (input, stage, reason,
+                                      reason_class)
     OUT/shard-00000.parquet           image_id, path, image_bytes, age, gender, subject_id, split, dataset
     OUT/shard-00000.parquet.done      {"rows_in", "rows_ok", "rows_rejected"}  (written LAST)
 
@@ -37,7 +38,7 @@ from agejobs.datasets.manifest import (
     record_rows,
     write_table_atomic,
 )
-from agejobs.images import ImageDecodeError, decode_image
+from agejobs.images import ImageDecodeError, decode_image, reason_class_of
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,13 @@ def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -
         try:
             data = storage.read_bytes(row["path"])
         except OSError as error:
-            rejected.append(Rejected(row["path"], STAGE_READ, str(error)))
+            rejected.append(Rejected(row["path"], STAGE_READ, str(error), reason_class_of(error)))
             continue
         if plan.verify_images:
             try:
                 decode_image(data, row["path"])
             except ImageDecodeError as error:
-                rejected.append(Rejected(row["path"], STAGE_DECODE, str(error)))
+                rejected.append(Rejected(row["path"], STAGE_DECODE, str(error), error.reason_class))
                 continue
         packed.append({**row, "image_bytes": data})
     return write_shard(packed, rejected, out_uri, index)
@@ -225,4 +226,4 @@ def read_errors(pack_uri: str) -> pa.Table:
     for index in range(plan.num_shards):
         fs, path = storage.filesystem_for(errors_uri(pack_uri, index))
         tables.append(pq.read_table(path, filesystem=fs))
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="default")  # shards written before reason_class

@@ -30,6 +30,10 @@ class StorageError(OSError):
     """A permanent storage failure; the message names the URI."""
 
 
+class MissingError(StorageError, FileNotFoundError):
+    """No such object, file, prefix or bucket: a StorageError that is also a FileNotFoundError."""
+
+
 def configure(cfg: StorageConfig) -> None:
     """Export a run's storage settings into the AWS environment chain of this process (and of
     the local Ray workers it starts). Empty fields leave the existing environment alone."""
@@ -124,7 +128,7 @@ def uri_of(uri_like: str, path: str) -> str:
 
 def _named(uri: str, error: Exception) -> StorageError:
     if isinstance(error, FileNotFoundError):
-        return StorageError(f"{uri}: no such object, prefix or bucket")
+        return MissingError(f"{uri}: no such object, prefix or bucket")
     if isinstance(error, PermissionError):
         return StorageError(f"{uri}: access denied ({error})")
     if is_remote(uri):

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from agejobs import storage
 from agejobs.datasets.manifest import ImportResult, Rejected
-from agejobs.images import ImageDecodeError, decode_image
+from agejobs.images import ImageDecodeError, decode_image, reason_class_of
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +31,25 @@ BATCH_ROWS = 256
 
 
 class CheckDecodable:
-    """Ray Data stage: rows with a `path` -> {"image_id", "path", "error"} ("" when the image decodes)."""
+    """Ray Data stage: rows with a `path` -> {"image_id", "path", "error", "error_class"} ("" when
+    the image decodes)."""
 
     def __call__(self, batch: dict) -> dict:
-        errors = []
+        errors, classes = [], []
         for path in batch["path"]:
             try:
                 decode_image(storage.read_bytes(path), path)
                 errors.append("")
+                classes.append("")
             except (ImageDecodeError, OSError) as error:
                 errors.append(str(error))
-        return {"image_id": np.asarray(batch["image_id"]), "path": np.asarray(batch["path"]), "error": np.asarray(errors, dtype=object)}
+                classes.append(reason_class_of(error))
+        return {"image_id": np.asarray(batch["image_id"]), "path": np.asarray(batch["path"]),
+                "error": np.asarray(errors, dtype=object), "error_class": np.asarray(classes, dtype=object)}
 
 
-def undecodable(table: pa.Table, runner: str = "ray", concurrency: int = 1) -> dict[str, tuple[str, str]]:
-    """image_id -> (path, reason) for every row of a manifest table whose image does not decode."""
+def undecodable(table: pa.Table, runner: str = "ray", concurrency: int = 1) -> dict[str, tuple[str, str, str]]:
+    """image_id -> (path, reason, reason class) for every row of a manifest table whose image does not decode."""
     rows = table.select(["image_id", "path"])
     if runner == "inline":
         check = CheckDecodable()
@@ -68,9 +72,9 @@ def undecodable(table: pa.Table, runner: str = "ray", concurrency: int = 1) -> d
         raise ValueError(f"runner must be 'ray' or 'inline', got {runner!r}")
     failed = {}
     for out in outputs:
-        for image_id, path, error in zip(out["image_id"], out["path"], out["error"]):
+        for image_id, path, error, error_class in zip(out["image_id"], out["path"], out["error"], out["error_class"]):
             if error:
-                failed[str(image_id)] = (str(path), str(error))
+                failed[str(image_id)] = (str(path), str(error), str(error_class))
     return failed
 
 
@@ -80,6 +84,6 @@ def verify_import(result: ImportResult, runner: str = "ray", concurrency: int = 
     if not failed:
         return result
     keep = pc.invert(pc.is_in(result.table.column("image_id"), value_set=pa.array(sorted(failed))))
-    rejected = result.rejected + [Rejected(path, STAGE, reason) for _, (path, reason) in sorted(failed.items())]
+    rejected = result.rejected + [Rejected(path, STAGE, *why) for _, (path, *why) in sorted(failed.items())]
     log.info("verify: %d of %d images do not decode", len(failed), result.table.num_rows)
     return dataclasses.replace(result, table=result.table.filter(keep), rejected=rejected)

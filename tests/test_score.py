@@ -126,6 +126,7 @@ def test_corrupt_images_become_error_rows_and_every_other_input_is_scored(world,
     assert sorted(errors["image_id"].to_pylist()) == sorted(bad)
     for path, reason in zip(errors["path"].to_pylist(), errors["reason"].to_pylist()):
         assert reason.startswith(path), reason  # each reason names its input
+    assert set(errors["reason_class"].to_pylist()) == {"decode"}  # the decoder's own class, not the words
     assert summary["rows_in"] == len(good) + len(bad) == summary["scored"] + summary["errors"]
     assert predictions["predicted_age"].null_count == 0 and min(predictions["predicted_age"].to_pylist()) > 0
     assert set(predictions["predicted_gender"].to_pylist()) <= {0, 1}

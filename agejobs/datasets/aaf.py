@@ -72,20 +72,20 @@ def import_aaf(source: str, split: SplitSpec = SplitSpec(), images: str = "align
         for input_name, line in text_lines(storage.join(root, "image sets", image_set)):
             fields = line.split()
             if len(fields) != 2:
-                builder.reject(input_name, f"expected '<file name> <gender code>', got {line!r}")
+                builder.reject(input_name, f"expected '<file name> <gender code>', got {line!r}", "label")
                 continue
             name, code = fields
             match = NAME_PATTERN.fullmatch(name)
             if match is None:
-                builder.reject(input_name, f"file name {name!r} is not %05dA%02d.jpg")
+                builder.reject(input_name, f"file name {name!r} is not %05dA%02d.jpg", "label")
                 continue
             gender = GENDER_OF_CODE.get(code)
             if gender is None:
-                builder.reject(input_name, f"gender code {code!r} is not 0 (female) or 1 (male)")
+                builder.reject(input_name, f"gender code {code!r} is not 0 (female) or 1 (male)", "label")
                 continue
             problem = gender_problem(match["serial"], gender)
             if problem is not None:
-                builder.reject(input_name, problem)
+                builder.reject(input_name, problem, "label")
                 continue
             image_id = f"{match['serial']}A{match['age']}"
             image_uri = storage.join(directory, f"{image_id}.jpg")

@@ -104,20 +104,20 @@ def load_columns(mat_uri: str, db: str) -> dict[str, np.ndarray]:
     return columns
 
 
-def row_problem(column: dict, reject_second_face: bool) -> str | None:
-    """Why one image's metadata is unusable before its age is computed, or None."""
+def row_problem(column: dict, reject_second_face: bool) -> tuple[str, str] | None:
+    """(why, reason class) one image's metadata is unusable before its age is computed, or None."""
     if not math.isfinite(column["face_score"]):
-        return f"no face detected (face_score {column['face_score']})"
+        return f"no face detected (face_score {column['face_score']})", "no_face"
     if reject_second_face and not math.isnan(column["second_face_score"]):
-        return f"second face detected (second_face_score {column['second_face_score']:.3f})"
+        return f"second face detected (second_face_score {column['second_face_score']:.3f})", "other"
     if math.isnan(column["gender"]):
-        return "gender missing (NaN)"
+        return "gender missing (NaN)", "label"
     if column["gender"] not in GENDER_OF_CODE:
-        return f"gender code {column['gender']} is not 1 (male) or 0 (female)"
+        return f"gender code {column['gender']} is not 1 (male) or 0 (female)", "label"
     if birth_date(column["dob"]) is None:
-        return f"invalid dob {column['dob']} (not a MATLAB date number of a real date)"
+        return f"invalid dob {column['dob']} (not a MATLAB date number of a real date)", "label"
     if not math.isfinite(column["photo_taken"]):
-        return f"invalid photo_taken {column['photo_taken']}"
+        return f"invalid photo_taken {column['photo_taken']}", "label"
     return None
 
 
@@ -135,12 +135,12 @@ def import_imdb_wiki(
         input_name = f"{mat_uri}:{index + 1}"
         path = relative_image_path(cell_text(columns["full_path"][index]))
         if path is None:
-            builder.reject(input_name, "full_path is empty or leaves the crop directory")
+            builder.reject(input_name, "full_path is empty or leaves the crop directory", "label")
             continue
         column = {name: float(columns[name][index]) for name in REQUIRED_FIELDS if name not in ("full_path", "name")}
         problem = row_problem(column, reject_second_face)
         if problem is not None:
-            builder.reject(input_name, problem)
+            builder.reject(input_name, *problem)
             continue
         age = age_at_photo(int(column["photo_taken"]), birth_date(column["dob"]))
         image_id = f"{db}/{posixpath.splitext(path)[0]}"

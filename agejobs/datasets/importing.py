@@ -71,7 +71,7 @@ def read_csv_rows(uri: str, required_columns: tuple[str, ...], reject) -> list[t
     """(input name, {column: stripped value}) of each well-shaped row of a CSV with a header.
 
     A missing file or a header without a required column raises (naming the file); a row whose
-    field count differs from the header's goes to `reject(input_name, reason)`; blank lines are
+    field count differs from the header's goes to `reject(input_name, reason, "label")`; blank lines are
     not inputs.
     """
     reader = csv.reader(io.StringIO(read_text(uri)))
@@ -85,7 +85,7 @@ def read_csv_rows(uri: str, required_columns: tuple[str, ...], reject) -> list[t
             continue
         input_name = f"{uri}:{reader.line_num}"
         if len(fields) != len(header):
-            reject(input_name, f"row has {len(fields)} fields, the header has {len(header)}")
+            reject(input_name, f"row has {len(fields)} fields, the header has {len(header)}", "label")
             continue
         records.append((input_name, {name: value.strip() for name, value in zip(header, fields)}))
     return records
@@ -96,7 +96,7 @@ class ImageListings:
 
     def __init__(self):
         self._sizes: dict[str, dict[str, int]] = {}
-        self._errors: dict[str, str] = {}
+        self._errors: dict[str, tuple[str, str]] = {}  # directory -> (why, reason class)
 
     def files_in(self, directory: str, required: bool = False) -> dict[str, int]:
         """{URI: size} of the files directly under `directory`, sorted by URI.
@@ -111,18 +111,19 @@ class ImageListings:
                 if required:
                     raise
                 self._sizes[directory] = {}
-                self._errors[directory] = str(error)
+                self._errors[directory] = str(error), "missing" if isinstance(error, FileNotFoundError) else "other"
         return self._sizes[directory]
 
-    def problem(self, image_uri: str) -> str | None:
-        """Why the image cannot be used (missing, empty, directory unlistable), or None."""
+    def problem(self, image_uri: str) -> tuple[str, str] | None:
+        """(why, reason class) the image cannot be used (missing, empty, directory unlistable), or None."""
         directory = image_uri.rsplit("/", 1)[0]
         size = self.files_in(directory).get(image_uri)
         if size is None:
             if directory in self._errors:
-                return f"image directory cannot be listed: {self._errors[directory]}"
-            return f"image file not found: {image_uri}"
-        return f"empty image file: {image_uri}" if size == 0 else None
+                why, reason_class = self._errors[directory]
+                return f"image directory cannot be listed: {why}", reason_class
+            return f"image file not found: {image_uri}", "missing"
+        return (f"empty image file: {image_uri}", "decode") if size == 0 else None
 
 
 class ManifestBuilder:
@@ -135,15 +136,16 @@ class ManifestBuilder:
         self.rejected: list[Rejected] = []
         self._input_of_id: dict[str, str] = {}
 
-    def reject(self, input_name: str, reason: str) -> None:
-        self.rejected.append(Rejected(input_name, STAGE, reason))
+    def reject(self, input_name: str, reason: str, reason_class: str) -> None:
+        self.rejected.append(Rejected(input_name, STAGE, reason, reason_class))
 
     def add(self, input_name: str, image_id: str, image_uri: str, age, gender: int, subject_id: str) -> None:
-        problem = validate_label(age, gender, self.gender_labelled) or self.listings.problem(image_uri)
+        label_problem = validate_label(age, gender, self.gender_labelled)
+        problem = (label_problem, "label") if label_problem else self.listings.problem(image_uri)
         if problem is None and image_id in self._input_of_id:
-            problem = f"duplicate image_id {image_id!r}, already imported from {self._input_of_id[image_id]}"
+            problem = f"duplicate image_id {image_id!r}, already imported from {self._input_of_id[image_id]}", "duplicate"
         if problem is not None:
-            self.reject(input_name, problem)
+            self.reject(input_name, *problem)
             return
         self._input_of_id[image_id] = input_name
         self.rows.append(manifest_row(image_id, image_uri, int(age), gender, subject_id, self.split, self.dataset))

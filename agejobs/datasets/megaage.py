@@ -56,10 +56,10 @@ def import_megaage(source: str, split: SplitSpec = SplitSpec(), parts: tuple[str
         for line_number, (file_name, age_text) in enumerate(zip(names, ages), 1):
             input_name = f"{names_uri}:{line_number}"
             if not file_name:
-                builder.reject(input_name, "image name missing (blank line)")
+                builder.reject(input_name, "image name missing (blank line)", "label")
                 continue
             if "/" in file_name or "\\" in file_name:
-                builder.reject(input_name, f"image name {file_name!r} has a directory part")
+                builder.reject(input_name, f"image name {file_name!r} has a directory part", "label")
                 continue
             image_id = f"{part}/{posixpath.splitext(file_name)[0]}"
             image_uri = storage.join(root, part, file_name)

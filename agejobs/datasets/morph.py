@@ -41,15 +41,15 @@ def import_morph(source: str, split: SplitSpec = SplitSpec(), csv_name: str = DE
     for input_name, fields in builder.csv_rows(storage.join(root, csv_name), REQUIRED_COLUMNS):
         subject_id = fields["id_num"]
         if not subject_id:
-            builder.reject(input_name, "id_num missing")
+            builder.reject(input_name, "id_num missing", "label")
             continue
         gender = GENDER_OF_CODE.get(fields["gender"].upper())
         if gender is None:
-            builder.reject(input_name, f"gender code {fields['gender']!r} is not M or F")
+            builder.reject(input_name, f"gender code {fields['gender']!r} is not M or F", "label")
             continue
         photo = relative_image_path(fields["photo"])
         if photo is None:
-            builder.reject(input_name, f"photo path {fields['photo']!r} is empty or leaves the source directory")
+            builder.reject(input_name, f"photo path {fields['photo']!r} is empty or leaves the source directory", "label")
             continue
         image_id = posixpath.splitext(posixpath.basename(photo))[0]
         image_uri = storage.join(root, *photo.split("/"))

@@ -89,16 +89,16 @@ def import_utkface(src_dir: str, split: SplitSpec = SplitSpec()) -> ImportResult
         try:
             labels = parse_utkface_name(file_name)
         except ValueError as error:
-            rejected.append(Rejected(uri, STAGE, str(error)))
+            rejected.append(Rejected(uri, STAGE, str(error), "label"))
             continue
         if size == 0:
-            rejected.append(Rejected(uri, STAGE, "empty file"))
+            rejected.append(Rejected(uri, STAGE, "empty file", "decode"))
             continue
         image_id = image_id_of(file_name)
         if image_id in file_name_of_id:
             # `x.jpg` and `x.jpg.chip.jpg` side by side would share an id; keep the first.
             reason = f"duplicate image_id {image_id!r}, already imported from {file_name_of_id[image_id]}"
-            rejected.append(Rejected(uri, STAGE, reason))
+            rejected.append(Rejected(uri, STAGE, reason, "duplicate"))
             continue
         file_name_of_id[image_id] = file_name
         rows.append(manifest_row(image_id, uri, labels["age"], labels["gender"], image_id, spec, DATASET))
