@@ -24,7 +24,9 @@ PREFIX = "agejobs_"
 # Batch latencies of the scoring stages: a 64-face batch takes milliseconds on a GPU and
 # seconds on a CPU.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-REJECT_REASONS = ("label", "missing", "decode", "no_face", "other")
+# Why an input was rejected, as a label value. The site that rejects says which (images.py,
+# datasets/importing.py, storage.py), never a matcher over the message's words.
+REJECT_REASONS = ("label", "missing", "duplicate", "decode", "too_large", "no_face", "other")
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ DEFINITIONS: dict[str, Definition] = {
     ),
     "score_batch_latency_seconds": Definition("histogram", "Seconds per batch of a scoring stage.", ("stage",)),
     "score_shards_done": Definition("counter", "Output shards written with their done-marker."),
+    # the scoring run in progress (set by its driver): what the alert rules watch
+    "score_run_shards": Definition("gauge", "Input shards of the running scoring run."),
+    "score_run_shards_done": Definition("gauge", "Input shards of the running scoring run that are done (earlier runs' included)."),
+    "score_run_started_timestamp_seconds": Definition("gauge", "Unix time the running scoring run started."),
+    "score_last_shard_done_timestamp_seconds": Definition("gauge", "Unix time the running scoring run last finished a shard (or started)."),
 }
 
 
@@ -74,20 +81,6 @@ def exported_names() -> list[str]:
         else:
             names.append(full_name(name))
     return names
-
-
-def reason_class(reason: str) -> str:
-    """A rejection message -> one of REJECT_REASONS (a label value must not be the message)."""
-    text = reason.lower()
-    if "no face found" in text:
-        return "no_face"
-    if any(word in text for word in ("age", "gender", "label")):
-        return "label"
-    if any(word in text for word in ("no such", "missing", "not found", "does not exist")):
-        return "missing"
-    if any(word in text for word in ("decode", "image", "truncated", "corrupt", "empty", "bytes")):
-        return "decode"
-    return "other"
 
 
 _lock = threading.Lock()
@@ -137,6 +130,8 @@ def _metric(name: str):
 def _check_labels(name: str, labels: dict) -> None:
     if set(labels) != set(DEFINITIONS[name].labels):
         raise ValueError(f"metric {name} takes labels {DEFINITIONS[name].labels}, got {tuple(labels)}")
+    if labels.get("reason", REJECT_REASONS[0]) not in REJECT_REASONS:
+        raise ValueError(f"metric {name}: reason {labels['reason']!r} is not one of {REJECT_REASONS}")
 
 
 def _record(name: str, method: str, value: float, labels: dict) -> None:

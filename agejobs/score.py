@@ -13,7 +13,8 @@
                                             predicted_gender, gender_vote_share, face_outcome,
                                             faces_found, model_version, gallery_version, run_id,
                                             scored_at
-    OUT/RUN_ID/shard-00000.errors.parquet   input_shard, image_id, path, stage, reason, face_outcome
+    OUT/RUN_ID/shard-00000.errors.parquet   input_shard, image_id, path, stage, reason, reason_class,
+                                            face_outcome
     OUT/RUN_ID/shard-00000.parquet.done     {"rows_in", "scored", "errors"}            (LAST)
     OUT/RUN_ID/run.json                     totals, once every shard is done
 
@@ -158,7 +159,7 @@ class SearchGallery:
     def __call__(self, batch: dict) -> dict:
         started = time.perf_counter()
         ok = np.asarray(batch["error"]) == ""
-        out = {name: batch[name] for name in ("input_shard", "image_id", "path", "error", "face_outcome", "faces_found")}
+        out = {name: batch[name] for name in ("input_shard", "image_id", "path", "error", "error_class", "face_outcome", "faces_found")}
         estimates = self.gallery.estimate(batch["age_embedding"][ok], batch["gender_embedding"][ok]) if ok.any() else {}
         for name, dtype in zip(PREDICTION_COLUMNS, (np.float32, np.float32, np.int8, np.float32)):
             column = np.full(len(ok), -1 if dtype == np.int8 else np.nan, dtype=dtype)
@@ -167,67 +168,83 @@ class SearchGallery:
             out[name] = column
         metrics.observe("score_batch_latency_seconds", time.perf_counter() - started, stage="search")
         metrics.inc("score_images", int(ok.sum()))
-        for reason in batch["error"][~ok]:
-            metrics.inc("score_errors", reason=metrics.reason_class(str(reason)))
+        for reason_class, count in zip(*np.unique(batch["error_class"][~ok].astype(str), return_counts=True)):
+            metrics.inc("score_errors", int(count), reason=reason_class)
         return out
 
 
 class ShardWriter:
-    """Driver side: collects rows by input shard; writes a shard whole when all its rows are in."""
+    """Driver side: collects rows by input shard; writes a shard whole when all its rows are in.
+
+    Rows are kept as the arriving batches' column slices (numpy), not one Python object per row:
+    at a million faces per-row dicts made the driver's memory churn and grow with the run."""
 
     def __init__(self, run_uri: str, plan: ScorePlan, pending: list[int], stamp: dict, fail_after: int = 0):
         self.run_uri, self.plan, self.stamp, self.fail_after = run_uri, plan, stamp, fail_after
-        self.parts: dict[int, dict[str, dict]] = {index: {} for index in pending}
+        self.parts: dict[int, list[dict[str, np.ndarray]]] = {index: [] for index in pending}
+        self.seen: dict[int, set[str]] = {index: set() for index in pending}
         self.written: list[int] = []
         for index in pending:
             if plan.shard_rows[index] == 0:
                 self._write(index)
 
     def add(self, batch: dict) -> None:
-        shards = np.asarray(batch["input_shard"])
-        for index in np.unique(shards):
-            rows = self.parts.get(int(index))
-            if rows is None:
+        shards, ids = np.asarray(batch["input_shard"]), np.asarray(batch["image_id"]).astype(str)
+        for index in (int(value) for value in np.unique(shards)):
+            if index not in self.parts:
                 raise RuntimeError(f"rows of input shard {index} arrived, which this run did not ask for")
-            selected = shards == index
+            selected = np.flatnonzero(shards == index)
+            seen = self.seen[index]
             # Keyed by image_id: a row delivered twice (a retried task) is kept once.
-            for position in np.flatnonzero(selected):
-                rows[str(batch["image_id"][position])] = {name: batch[name][position] for name in batch}
-            if len(rows) == self.plan.shard_rows[int(index)]:
-                self._write(int(index))
+            fresh = [position for position in selected if ids[position] not in seen]
+            seen.update(ids[fresh])
+            if fresh:
+                self.parts[index].append({name: np.asarray(values)[fresh] for name, values in batch.items()})
+            if len(seen) == self.plan.shard_rows[index]:
+                self._write(index)
 
     def _write(self, index: int) -> None:
-        rows = list(self.parts.pop(index).values())
-        scored = [row for row in rows if row["error"] == ""]
-        failed = [row for row in rows if row["error"] != ""]
+        parts = self.parts.pop(index)
+        self.seen.pop(index)
+        columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]} if parts else {}
+        ok = columns["error"].astype(str) == "" if parts else np.zeros(0, dtype=bool)
+
+        def column(name: str, mask: np.ndarray, dtype) -> pa.Array:
+            values = columns[name][mask] if parts else []
+            return pa.array(np.asarray(values).astype(str) if dtype == pa.string() else values, dtype)
+
+        scored, failed = int(ok.sum()), int((~ok).sum())
         scored_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         predictions = pa.table({
-            "input_shard": pa.array([index] * len(scored), pa.int32()),
-            "image_id": pa.array([str(row["image_id"]) for row in scored], pa.string()),
-            "path": pa.array([str(row["path"]) for row in scored], pa.string()),
-            "predicted_age": pa.array([float(row["predicted_age"]) for row in scored], pa.float32()),
-            "age_spread": pa.array([float(row["age_spread"]) for row in scored], pa.float32()),
-            "predicted_gender": pa.array([int(row["predicted_gender"]) for row in scored], pa.int8()),
-            "gender_vote_share": pa.array([float(row["gender_vote_share"]) for row in scored], pa.float32()),
-            "face_outcome": pa.array([str(row["face_outcome"]) for row in scored], pa.string()),
-            "faces_found": pa.array([int(row["faces_found"]) for row in scored], pa.int16()),
-            **{name: pa.array([value] * len(scored), pa.string()) for name, value in self.stamp.items()},
-            "scored_at": pa.array([scored_at] * len(scored), pa.string()),
+            "input_shard": pa.array(np.full(scored, index, dtype=np.int32)),
+            "image_id": column("image_id", ok, pa.string()),
+            "path": column("path", ok, pa.string()),
+            "predicted_age": column("predicted_age", ok, pa.float32()),
+            "age_spread": column("age_spread", ok, pa.float32()),
+            "predicted_gender": column("predicted_gender", ok, pa.int8()),
+            "gender_vote_share": column("gender_vote_share", ok, pa.float32()),
+            "face_outcome": column("face_outcome", ok, pa.string()),
+            "faces_found": column("faces_found", ok, pa.int16()),
+            **{name: pa.array([value] * scored, pa.string()) for name, value in self.stamp.items()},
+            "scored_at": pa.array([scored_at] * scored, pa.string()),
         })
         errors = pa.table({
-            "input_shard": pa.array([index] * len(failed), pa.int32()),
-            "image_id": pa.array([str(row["image_id"]) for row in failed], pa.string()),
-            "path": pa.array([str(row["path"]) for row in failed], pa.string()),
-            "stage": pa.array([STAGE_DECODE] * len(failed), pa.string()),
-            "reason": pa.array([str(row["error"]) for row in failed], pa.string()),
-            "face_outcome": pa.array([str(row["face_outcome"]) for row in failed], pa.string()),
+            "input_shard": pa.array(np.full(failed, index, dtype=np.int32)),
+            "image_id": column("image_id", ~ok, pa.string()),
+            "path": column("path", ~ok, pa.string()),
+            "stage": pa.array([STAGE_DECODE] * failed, pa.string()),
+            "reason": column("error", ~ok, pa.string()),
+            "reason_class": column("error_class", ~ok, pa.string()),
+            "face_outcome": column("face_outcome", ~ok, pa.string()),
         })
         write_table_atomic(errors, errors_uri(self.run_uri, index))
         write_table_atomic(predictions, output_uri(self.run_uri, index))
-        counts = {"rows_in": len(rows), "scored": len(scored), "errors": len(failed)}
+        counts = {"rows_in": scored + failed, "scored": scored, "errors": failed}
         storage.mark_done(output_uri(self.run_uri, index), json.dumps(counts).encode())
         self.written.append(index)
         metrics.inc("score_shards_done")
+        metrics.set_gauge("score_run_shards_done", self.plan.num_shards - len(self.parts))
+        metrics.set_gauge("score_last_shard_done_timestamp_seconds", time.time())
         log.info("scored shard %d/%d: %s", index + 1, self.plan.num_shards, counts)
         if self.fail_after and len(self.written) >= self.fail_after:
             print(f"[score] fault drill: the driver exits after writing {len(self.written)} shards", flush=True)
@@ -272,6 +289,9 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     if finished is not None:  # a rerun of a finished night writes nothing, run.json included
         return {**finished, "shards_skipped": plan.num_shards, "shards_written": 0, "first_output_s": None,
                 "seconds": round(time.perf_counter() - started, 2)}
+    for name, value in (("score_run_shards", plan.num_shards), ("score_run_shards_done", plan.num_shards - len(pending)),
+                        ("score_run_started_timestamp_seconds", time.time()), ("score_last_shard_done_timestamp_seconds", time.time())):
+        metrics.set_gauge(name, value)
     writer = ShardWriter(run_uri, plan, pending, stamp, cfg.score.fail_after_shards)
     descriptors = [
         {"shard": plan.files[index], "row_group": group, "input_shard": index}
@@ -328,4 +348,5 @@ def read_scored(run_uri: str) -> tuple[pa.Table, pa.Table]:
         for uris, parts in ((output_uri(run_uri, index), predictions), (errors_uri(run_uri, index), errors)):
             fs, path = storage.filesystem_for(uris)
             parts.append(pq.read_table(path, filesystem=fs))
-    return pa.concat_tables(predictions), pa.concat_tables(errors)
+    # promote: shards of a run resumed across the reason_class change have two error schemas
+    return pa.concat_tables(predictions), pa.concat_tables(errors, promote_options="default")

@@ -1,6 +1,11 @@
 """Metrics as Prometheus scrapes them: prometheus_client for a single-process run, Ray's metrics
-agent during a small training and a small scoring run. Parsed with prometheus_client's parser."""
+agent during a small training and a small scoring run: parsed with prometheus_client's parser,
+and scraped by a real Prometheus server that then answers every query of every panel of
+cluster/grafana-dashboard.json and evaluates cluster/alerts.yml."""
 
+import json
+import os
+import re
 import socket
 import threading
 import time
@@ -11,6 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agejobs import metrics
 from agejobs.datasets.manifest import Rejected, record_rows
+from tests.prometheus_server import MISSING, PrometheusServer, binary
+
+DASHBOARD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "grafana-dashboard.json")
 
 
 def free_port() -> int:
@@ -46,6 +54,8 @@ def test_names_follow_prometheus_conventions():
             assert "_seconds" in full
     with pytest.raises(ValueError, match="takes labels"):
         metrics.inc("score_errors")  # a labelled metric without its label
+    with pytest.raises(ValueError, match="not one of"):
+        metrics.inc("score_errors", reason="cannot decode image")  # a message is not a reason class
 
 
 def test_single_process_run_serves_our_metrics_through_prometheus_client():
@@ -53,9 +63,10 @@ def test_single_process_run_serves_our_metrics_through_prometheus_client():
     metrics.serve(port, address="127.0.0.1")
     record_rows("import", 1, [])  # the families exist from here on (other tests may have counted too)
     before = ours(scrape(port))
-    record_rows("import", 10, [Rejected("a.jpg", "import", "age 130 out of range"), Rejected("b.jpg", "decode", "truncated JPEG")])
+    record_rows("import", 10, [Rejected("a.jpg", "import", "age 130 out of range", "label"),
+                               Rejected("b.jpg", "decode", "b.jpg: truncated image", "decode")])
     middle = ours(scrape(port))
-    record_rows("import", 5, [Rejected("c.jpg", "import", "no such file")])
+    record_rows("import", 5, [Rejected("c.jpg", "import", "image file not found: c.jpg", "missing")])
     after = ours(scrape(port))
 
     def grew(name, start, end):
@@ -68,8 +79,40 @@ def test_single_process_run_serves_our_metrics_through_prometheus_client():
     assert grew("agejobs_ingest_rows_rejected_total{reason=missing,stage=import}", middle, after) == 1
 
 
+def dashboard_targets() -> list[tuple[str, str, set[str]]]:
+    """(panel title, PromQL, labels its legend names) of every query of the dashboard."""
+    with open(DASHBOARD) as handle:
+        panels = json.load(handle)["panels"]
+    return [(panel["title"], target["expr"], set(re.findall(r"{{\s*(\w+)\s*}}", target.get("legendFormat", ""))))
+            for panel in panels if panel["type"] != "row" for target in panel["targets"]]
+
+
+def check_dashboard_and_alerts(prometheus: PrometheusServer, start: float, end: float) -> None:
+    """Every dashboard query returned data with its legend's labels at some second of the runs;
+    counters rose through rate(); every alert rule was evaluated without error."""
+    empty, unlabelled = [], []
+    for title, expr, labels in dashboard_targets():
+        series = prometheus.query_range(expr, start, end)
+        if not any(s["values"] for s in series):
+            empty.append(f"{title}: {expr}")
+        elif not all(labels <= set(s["metric"]) for s in series):
+            unlabelled.append(f"{title}: {expr} lacks {labels}: {[s['metric'] for s in series][:2]}")
+    assert not empty, empty
+    assert not unlabelled, unlabelled
+    # (A pack of 20 rows counts once per task: its counter appears at its final value, which rate()
+    # cannot see rise. Training and scoring count batch by batch.)
+    for counter in ("agejobs_train_steps_total", "agejobs_score_images_total"):
+        rates = prometheus.query_range(f"sum(rate({counter}[10s]))", start, end)
+        assert rates and max(float(v) for _, v in rates[0]["values"]) > 0, counter
+    groups = prometheus.api("rules")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == 9 and all(rule["health"] == "ok" for rule in rules), [(r["name"], r.get("lastError")) for r in rules]
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(binary("prometheus") is None, reason=MISSING)
 def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_path, monkeypatch):
+    from agejobs import pack
     from agejobs.config import load_config
     from agejobs.datasets.synthetic import SynthSpec, write_synthetic
     from agejobs.gallery import build_gallery
@@ -98,7 +141,21 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
                 pass  # the agent starts a moment after Ray
             time.sleep(0.2)
 
-    with ray_session(num_cpus=4, metrics_export_port=port):
+    # Inputs that get rejected, so the rejection panels have something to show.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "page.jpg").write_bytes(b"<html>503 Slow Down</html>")
+    with_missing = tmp_path / "with_missing.parquet"
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(manifest).slice(0, 20)
+    rows = table.to_pylist()
+    rows[0]["path"] = str(tmp_path / "faces" / "no_such_face.jpg")
+    pq.write_table(table.from_pylist(rows, schema=table.schema), with_missing)
+    (tmp_path / "prometheus").mkdir()
+    with ray_session(num_cpus=4, metrics_export_port=port), PrometheusServer(port, tmp_path / "prometheus") as prometheus:
+        started = time.time()
         quiet_ray_data()
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
@@ -111,6 +168,11 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
         time.sleep(3)
         phase["done"] = True
         poller.join()
+        # After the agent checks: rejections at ingestion (a missing file) and at scoring (two bad files).
+        pack.pack(str(with_missing), str(tmp_path / "packed"), runner="ray")
+        score_archive(str(bad), str(tmp_path / "scored"), "bad", outcome.checkpoint_path, str(tmp_path / "gallery"), cfg)
+        time.sleep(4)  # a few scrapes after the last run
+        check_dashboard_and_alerts(prometheus, started, time.time())
 
     steps = [sample["agejobs_train_steps_total"] for sample in seen["train"] if "agejobs_train_steps_total" in sample]
     assert len(set(steps)) >= 2 and steps == sorted(steps), steps  # seen rising while training ran
