@@ -23,12 +23,26 @@ import argparse
 import json
 import os
 import sys
+import time
 
 DEFAULT_DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
 
 
 def _print_json(payload: dict) -> None:
     print(json.dumps(payload, sort_keys=False, default=str), flush=True)
+
+
+def _finish(command: str, out_uri: str, payload: dict) -> int:
+    """A batch command's counts: one JSON line on the console and the same record in its output
+    (OUT/agejobs-<command>.json), so the console, the metrics and the output directory agree.
+    (`score` keeps its record as OUT/RUN_ID/run.json: a rerun of a finished night writes nothing.)"""
+    from agejobs import storage
+
+    record = {"command": command, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **payload}
+    text = json.dumps(record, sort_keys=False, default=str)
+    storage.write_bytes_atomic(storage.join(out_uri, f"agejobs-{command.replace(' ', '-')}.json"), text.encode())
+    print(text, flush=True)
+    return 0
 
 
 def _load(args) -> "Config":  # noqa: F821
@@ -61,7 +75,8 @@ def _ray_for(cfg, args):
     listens on ray.metrics_export_port."""
     from agejobs.ray_runtime import ray_session
 
-    return ray_session(cfg.ray.address, cfg.ray.num_cpus, console=_console(args), metrics_export_port=cfg.ray.metrics_export_port)
+    return ray_session(cfg.ray.address, cfg.ray.num_cpus, console=_console(args), metrics_export_port=cfg.ray.metrics_export_port,
+                       object_store_mb=cfg.ray.object_store_mb)
 
 
 def main_synth(args) -> int:
@@ -74,8 +89,7 @@ def main_synth(args) -> int:
         test_fraction=args.test_fraction,
         seed=args.seed,
     )
-    _print_json(write_synthetic(args.out, spec, progress=True))
-    return 0
+    return _finish("synth", args.out, write_synthetic(args.out, spec, progress=True))
 
 
 def main_ingest(args) -> int:
@@ -94,8 +108,7 @@ def main_ingest(args) -> int:
             quiet_ray_data()
             result = verify_import(result, "ray", concurrency=max(1, args.num_cpus or os.cpu_count() or 1))
     counts = write_import(result, args.out)
-    _print_json({"layout": args.layout, **counts, "rejected_by_stage": rejected_by_stage(result.rejected)})
-    return 0
+    return _finish("ingest", args.out, {"layout": args.layout, **counts, "rejected_by_stage": rejected_by_stage(result.rejected)})
 
 
 def main_pack(args) -> int:
@@ -103,8 +116,8 @@ def main_pack(args) -> int:
     from agejobs.ray_runtime import ray_session
 
     with ray_session(num_cpus=args.num_cpus, console=_console(args)):
-        _print_json(pack(args.manifest, args.out, int(args.shard_mb * 2**20), verify_images=not args.no_verify))
-    return 0
+        counts = pack(args.manifest, args.out, int(args.shard_mb * 2**20), verify_images=not args.no_verify)
+    return _finish("pack", args.out, counts)
 
 
 def _run_experiment(args) -> int:
@@ -189,8 +202,8 @@ def main_train(args) -> int:
         quiet_ray_data()
         name = args.name or cfg.train.method
         outcome = run_training(cfg, args.manifest, name, checkpoints, progress_label=name)
-    _print_json({"checkpoint": outcome.checkpoint_path, **{k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}})
-    return 0
+    metrics = {k: v for k, v in outcome.metrics.items() if isinstance(v, (int, float))}
+    return _finish("train", workdir, {"checkpoint": outcome.checkpoint_path, **metrics})
 
 
 def main_gallery_build(args) -> int:
@@ -202,8 +215,7 @@ def main_gallery_build(args) -> int:
         quiet_ray_data()
         manifest = build_gallery(args.checkpoint, args.source, _workdir(args.out), cfg)
     keys = ("gallery_version", "count", "faces_embedded", "age_embedding_dim", "gender_index", "distance", "search", "build_seconds")
-    _print_json({key: manifest[key] for key in keys} | {"gallery": _workdir(args.out)})
-    return 0
+    return _finish("gallery build", _workdir(args.out), {key: manifest[key] for key in keys} | {"gallery": _workdir(args.out)})
 
 
 def main_score(args) -> int:

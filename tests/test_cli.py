@@ -32,6 +32,7 @@ def test_synth_prints_counts(tmp_path, capsys):
     counts = last_json_line(capsys.readouterr().out)
     assert counts["rows_ok"] == 12 and counts["rows_rejected"] == 0
     assert (tmp_path / "synth" / "manifest.parquet").exists()
+    assert json.loads((tmp_path / "synth" / "agejobs-synth.json").read_text()) == counts  # the console's record, kept
 
 
 @pytest.mark.skipif(not UTKFACE.is_dir(), reason="shared UTKFace subset not present beside the checkout")
@@ -39,6 +40,7 @@ def test_ingest_utkface_prints_counts(tmp_path, capsys):
     assert main(["ingest", "utkface", str(UTKFACE), str(tmp_path / "utk")]) == 0
     counts = last_json_line(capsys.readouterr().out)
     assert (counts["rows_ok"], counts["rows_rejected"]) == (9778, 2)
+    assert json.loads((tmp_path / "utk" / "agejobs-ingest.json").read_text()) == counts
     assert counts["rows_in"] == counts["rows_ok"] + counts["rows_rejected"]
 
 

@@ -96,6 +96,7 @@ def test_train_and_evaluate_commands_on_s3(local_s3, s3_bucket, capsys):
     assert trained["checkpoint"].startswith(f"{s3_bucket}/run/runs/siamese/checkpoint_")  # train.storage_path=runs
     assert storage.exists(f"{trained['checkpoint']}/checkpoint.pt")
     assert storage.exists(f"{s3_bucket}/run/config.yaml")
+    assert json.loads(storage.read_bytes(f"{s3_bucket}/run/agejobs-train.json")) == trained  # the record in the output
 
     evaluate_args = ["--checkpoint", trained["checkpoint"], "--manifest", f"{s3_bucket}/packed", "--workdir", f"{s3_bucket}/eval"]
     assert main(["evaluate", *evaluate_args]) == 0
