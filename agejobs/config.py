@@ -205,6 +205,10 @@ class RayConfig:
     # choice, unscraped), and this process's prometheus_client endpoint (0 = off).
     metrics_export_port: int = 0
     metrics_port: int = 0
+    # Object store of a local instance in MiB; 0 = Ray's default (30 % of memory). Every process
+    # that reads a block maps its shared-memory pages, so over a long run each one's RSS grows
+    # until it has touched the whole store: a smaller store bounds that (bench/bench_night.py).
+    object_store_mb: int = 0
 
 
 @dataclass

@@ -25,7 +25,8 @@ CONSOLE_LEVELS = ("quiet", "warnings", "verbose")
 
 
 @contextlib.contextmanager
-def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings", metrics_export_port: int = 0):
+def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings", metrics_export_port: int = 0,
+                object_store_mb: int = 0):
     """Yield with Ray initialised; shut down afterwards only if this call started it.
 
     `console` for a local instance: "quiet" (the CLI's default: Ray forwards no worker output
@@ -33,7 +34,7 @@ def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings",
     output and Ray's warnings), "verbose" (Ray's INFO logs too; the CLI's --verbose). A cluster
     driver always forwards worker output: that is the job's log under `ray job submit`.
     `metrics_export_port` > 0: a local instance's metrics agent serves Ray's and agejobs' metrics
-    there (Prometheus text format)."""
+    there (Prometheus text format). `object_store_mb` > 0: a local instance's object store size."""
     import ray
 
     if console not in CONSOLE_LEVELS:
@@ -67,6 +68,7 @@ def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings",
             _temp_dir=temp_dir,
             include_dashboard=False,
             _metrics_export_port=metrics_export_port or None,
+            object_store_memory=object_store_mb * 2**20 if object_store_mb else None,
             log_to_driver=console != "quiet",
             configure_logging=True,
             logging_level={"quiet": "ERROR", "warnings": "WARNING", "verbose": "INFO"}[console],
