@@ -180,6 +180,8 @@ def find_files(uri: str) -> list[tuple[str, int]]:
     files. A prefix that does not exist is a StorageError naming it."""
     fs, path = filesystem_for(uri)
     root = path.rstrip("/")
+    if not is_remote(uri):
+        return _find_local(uri, root)
     try:
         entries = fs.find(root, detail=True)
     except OSError as error:
@@ -191,6 +193,27 @@ def find_files(uri: str) -> list[tuple[str, int]]:
         relative = name[len(root):].lstrip("/")
         if entry.get("type", "file") == "file" and not any(part.startswith(".") for part in relative.split("/")):
             files.append((uri_of(uri, name), int(entry.get("size") or 0)))
+    return sorted(files)
+
+
+def _find_local(uri: str, root: str) -> list[tuple[str, int]]:
+    """find_files on a local directory: os.scandir and one stat per file. (fsspec's find builds an
+    info dict per file: at 1,000,000 files 2.7x the time and 3.5x the memory, bench_listing.py.)"""
+    files, directories = [], [root]
+    try:
+        if os.path.isfile(root):
+            return [(root, os.stat(root).st_size)]
+        while directories:
+            with os.scandir(directories.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir():
+                        directories.append(entry.path)
+                    elif entry.is_file():
+                        files.append((entry.path, entry.stat().st_size))
+    except OSError as error:
+        raise _named(uri, error) from error
     return sorted(files)
 
 

@@ -112,6 +112,8 @@ def main() -> int:
     parser.add_argument("--s3-objects", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "listing.json"))
+    parser.add_argument("--keep-s3", action="store_true",
+                        help="measure only the local archive; keep the S3 rows of the existing --out (marked so)")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "URI", "RUN_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -131,13 +133,19 @@ def main() -> int:
                "local": {}, "s3": {}}
     for method in ("plain", "find", "plan"):
         results["local"][method] = measure(method, loose)
-    with LocalS3() as s3:
-        s3.create_bucket("night")
-        uri = "s3://night/loose"
-        results["s3_upload_s"] = upload(s3, loose, uri, args.s3_objects)
-        env = {**os.environ, **s3.environment()}
-        for method in ("plain", "find", "plan"):
-            results["s3"][method] = measure(method, uri, env)
+    if args.keep_s3:
+        with open(args.out) as handle:
+            previous = json.load(handle)
+        results.update(s3=previous["s3"], s3_upload_s=previous["s3_upload_s"],
+                       s3_measured_with=previous.get("s3_measured_with", "the previous run of this benchmark"))
+    else:
+        with LocalS3() as s3:
+            s3.create_bucket("night")
+            uri = "s3://night/loose"
+            results["s3_upload_s"] = upload(s3, loose, uri, args.s3_objects)
+            env = {**os.environ, **s3.environment()}
+            for method in ("plain", "find", "plan"):
+                results["s3"][method] = measure(method, uri, env)
     write_results(args.out, results)
     print(f"\nlisting a loose archive ({results['machine']})")
     print(f"{'archive':<28} {'method':<44} {'files':>9} {'seconds':>8} {'RSS MiB':>8}")

@@ -38,7 +38,10 @@ class PeakRss:
     def _total(self) -> tuple[int, int]:
         import time
 
-        processes = [self.root, *self.root.children(recursive=True)] if self.tree else [self.root]
+        try:
+            processes = [self.root, *self.root.children(recursive=True)] if self.tree else [self.root]
+        except Exception:  # the root ended (or was killed) while its children were listed
+            return self.last, 0
         total = proportional = count = 0
         with_pss = self.pss and time.monotonic() - self._pss_at >= self.pss_every_s
         self._pss_at = time.monotonic() if with_pss else self._pss_at
