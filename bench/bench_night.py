@@ -84,7 +84,7 @@ def setup(args) -> tuple[str, str]:
         line = agejobs("train", "-c", "configs/utkface.yaml", "--manifest", manifest, "--workdir",
                        os.path.join(work, "train"), *MODEL_OVERRIDES, log=log)
         with open(record, "w") as handle:
-            handle.write(line)  # {"checkpoint": ..., training metrics}
+            handle.write(line)  # {"command": "train", "checkpoint": ..., training metrics}
     with open(record) as handle:
         checkpoint = json.load(handle)["checkpoint"]
     if not os.path.exists(os.path.join(gallery, "gallery.json")):

@@ -42,6 +42,6 @@ def test_ray_job_submit_trains_to_completion(ray_head, tmp_path):
     assert "succeeded" in done.stdout
     # The job's log carries each worker line once (a bare print in a Ray Train worker came out twice).
     assert done.stdout.count("[train] epoch 1 done:") == 1, done.stdout[-3000:]
-    result = json.loads([line for line in done.stdout.splitlines() if line.startswith('{"checkpoint"')][-1])
+    result = json.loads([line for line in done.stdout.splitlines() if line.startswith('{"command": "train"')][-1])
     assert result["checkpoint"].startswith(str(workdir / "runs" / "siamese"))
     assert os.path.exists(os.path.join(result["checkpoint"], "checkpoint.pt"))
