@@ -90,25 +90,26 @@ def knn_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_di
     return knn_estimate_reports(name, reference, queries, cfg, plots_dir)
 
 
+EXACT = knn.SearchSettings(mode="exact")
+
+
+def knn_estimates(reference: dict, queries: dict, cfg: Config) -> dict:
+    """Per query face (by image_id): the estimate nightly scoring makes (`gallery.Gallery`),
+    from an in-memory gallery of the reference faces searched exactly."""
+    references = gallery.Gallery.of_faces(reference, EXACT, cfg.eval.knn_m, gender_index=cfg.loss.gender_weight > 0)
+    return {"image_id": queries["image_id"]} | references.estimate(queries["age_embedding"], queries["gender_embedding"])
+
+
 def knn_estimate_reports(name: str, reference: dict, queries: dict, cfg: Config, plots_dir: str) -> list[dict]:
     """Reports of embedded queries estimated from the M nearest embedded reference faces."""
-    m, chunk = cfg.eval.knn_m, cfg.eval.knn_chunk_size
-    _, age_neighbours = knn.exact_l1_knn(queries["age_embedding"], reference["age_embedding"], m, chunk)
-    predicted_age = gallery.mean_neighbour_age(age_neighbours, reference["age"])
-    gender_from_age, _ = gallery.majority_neighbour_gender(age_neighbours, reference["gender"])
+    estimates = knn_estimates(reference, queries, cfg)
     evaluate.plot_embedding_map(queries["age_embedding"], queries["age"], storage.join(plots_dir, f"embedding_{name}.png"))
-    reports = []
-    if name == SIAMESE and cfg.loss.gender_weight > 0:
-        _, gender_neighbours = knn.exact_l1_knn(queries["gender_embedding"], reference["gender_embedding"], m, chunk)
-        gender, _ = gallery.majority_neighbour_gender(gender_neighbours, reference["gender"])
-    else:
-        gender = gender_from_age
-    reports.append(evaluate.method_report(name, predicted_age, queries["age"], gender, queries["gender"],
-                                          face_outcomes=queries["face_outcome"]))
+    report = evaluate.method_report(name, estimates["predicted_age"], queries["age"], estimates["predicted_gender"],
+                                    queries["gender"], face_outcomes=queries["face_outcome"])
     # The paper's Table 2: how well the AGE embedding alone separates gender.
-    from_age = evaluate.gender_accuracy(gender_from_age, queries["gender"])
-    reports[0]["gender_accuracy_from_age_embedding"] = None if np.isnan(from_age) else from_age
-    return reports
+    from_age = evaluate.gender_accuracy(estimates["gender_from_age_neighbours"], queries["gender"])
+    report["gender_accuracy_from_age_embedding"] = None if np.isnan(from_age) else from_age
+    return [report]
 
 
 def method_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots_dir: str) -> list[dict]:

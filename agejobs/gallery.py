@@ -192,6 +192,9 @@ def search_settings(cfg: Config) -> knn.SearchSettings:
 
 @dataclass
 class Gallery:
+    """Labelled embeddings + their L1 indexes: THE estimate of the paper, for scoring (loaded from
+    a built gallery) and for evaluation (built in memory, exact mode) alike."""
+
     uri: str
     manifest: dict
     ages: np.ndarray
@@ -199,23 +202,44 @@ class Gallery:
     age_index: knn.L1Index
     gender_index: knn.L1Index | None  # None for the age-only model: gender from the age neighbours
 
+    @classmethod
+    def of_faces(cls, columns: dict, settings: knn.SearchSettings, m: int, gender_index: bool) -> "Gallery":
+        """An in-memory gallery of embedded faces (columns of `embed_split`): what evaluation
+        estimates against, and what `build_gallery` saves."""
+        age_index = knn.L1Index.build(columns["age_embedding"], settings, m)
+        gender = knn.L1Index.build(columns["gender_embedding"], settings, m) if gender_index else None
+        ages, genders = np.asarray(columns["age"]), np.asarray(columns["gender"])
+        return cls("", {}, ages, genders, age_index, gender)
+
     @property
     def version(self) -> str:
         return self.manifest["gallery_version"]
 
     def estimate(self, age_embeddings: np.ndarray, gender_embeddings: np.ndarray | None = None) -> dict:
-        """Per query: predicted_age (mean of the M nearest), age_spread, predicted_gender, gender_vote_share."""
+        """Per query: predicted_age (mean of the M nearest), age_spread, predicted_gender,
+        gender_vote_share, and gender_from_age_neighbours (the paper's Table 2: the vote of the
+        AGE embedding's neighbours, equal to predicted_gender without a gender index)."""
         _, age_neighbours = self.age_index.search(age_embeddings)
         gender_neighbours = age_neighbours
         if self.gender_index is not None and gender_embeddings is not None:
             _, gender_neighbours = self.gender_index.search(gender_embeddings)
         gender, share = majority_neighbour_gender(gender_neighbours, self.genders)
+        gender_from_age = gender if gender_neighbours is age_neighbours else None
+        if gender_from_age is None:
+            gender_from_age, _ = majority_neighbour_gender(age_neighbours, self.genders)
         return {
             "predicted_age": mean_neighbour_age(age_neighbours, self.ages),
             "age_spread": neighbour_age_spread(age_neighbours, self.ages),
             "predicted_gender": gender,
             "gender_vote_share": share,
+            "gender_from_age_neighbours": gender_from_age,
         }
+
+    def save(self, uri: str) -> None:
+        """Its indexes under `uri` (faces.parquet and gallery.json are `build_gallery`'s)."""
+        self.age_index.save(storage.join(uri, "age_index"))
+        if self.gender_index is not None:
+            self.gender_index.save(storage.join(uri, "gender_index"))
 
 
 def outcome_counts(outcomes: np.ndarray) -> dict[str, int]:
@@ -263,10 +287,8 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
     })
     write_table_atomic(table, storage.join(out_uri, FACES_FILE))
     settings = search_settings(cfg)
-    age_index = knn.L1Index.build(columns["age_embedding"], settings, cfg.eval.knn_m)
-    age_index.save(storage.join(out_uri, "age_index"))
-    if with_gender_index:
-        knn.L1Index.build(columns["gender_embedding"], settings, cfg.eval.knn_m).save(storage.join(out_uri, "gender_index"))
+    built = Gallery.of_faces(columns, settings, cfg.eval.knn_m, with_gender_index)
+    built.save(out_uri)
     content = hashlib.sha256(fingerprint.encode())
     for name in ("age", "gender", "age_embedding", "gender_embedding"):
         content.update(np.ascontiguousarray(columns[name]).tobytes())
@@ -284,7 +306,7 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
         "gender_index": with_gender_index,
         "distance": "l1",
         "m": cfg.eval.knn_m,
-        "search": dataclasses.asdict(settings) | {"mode": age_index.mode},
+        "search": dataclasses.asdict(settings) | {"mode": built.age_index.mode},
         "preprocessing": dataclasses.asdict(Preprocessing.of(model_cfg.data)) | {"test_flip": model_cfg.data.test_flip},
         "face_outcomes": outcome_counts(columns["face_outcome"]),
         "model_config": config_to_dict(model_cfg),

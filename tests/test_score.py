@@ -143,6 +143,39 @@ def test_evaluate_on_scored_output_joined_with_labels(world, tmp_path):
     assert (tmp_path / "eval" / "plots" / "cs_curve.png").exists()
 
 
+def test_evaluation_and_scoring_give_each_face_the_same_estimate(world, tmp_path):
+    """Evaluation (`agejobs evaluate`, the experiment's report) and nightly scoring estimate with one
+    Gallery object: for the same checkpoint, gallery faces (the train split, searched exactly) and
+    query faces, every face gets the same age, spread, gender and vote share from both."""
+    import numpy as np
+
+    from agejobs import experiment
+    from agejobs.checkpoint import checkpoint_identity
+
+    faces = str(world["root"] / "faces" / "manifest.parquet")
+    cfg = load_config(None, OVERRIDES + ["gallery.search=exact"])
+    model_cfg, _ = checkpoint_identity(world["checkpoint"])
+    with ray_session(num_cpus=4):
+        build_gallery(world["checkpoint"], faces, str(tmp_path / "gallery"), cfg)
+        score_archive(str(world["root"] / "faces" / "images"), str(tmp_path / "out"), "r", world["checkpoint"],
+                      str(tmp_path / "gallery"), cfg)
+        reference = experiment.embed(world["checkpoint"], faces, "train", model_cfg)
+        queries = experiment.embed(world["checkpoint"], faces, "test", model_cfg)
+    evaluated = experiment.knn_estimates(reference, queries, model_cfg)
+    paths = pq.read_table(faces, columns=["image_id", "path"]).to_pydict()
+    path_of = dict(zip(paths["image_id"], paths["path"]))
+    scored, _ = read_scored(str(tmp_path / "out" / "r"))
+    by_path = {path: row for row, path in enumerate(scored["path"].to_pylist())}
+    rows = [by_path[path_of[image_id]] for image_id in evaluated["image_id"]]
+    assert len(rows) == len(queries["age"]) > 5
+    for name in ("predicted_age", "age_spread", "predicted_gender", "gender_vote_share"):
+        from_scoring = scored[name].to_numpy()[rows]
+        from_evaluation = np.asarray(evaluated[name]).astype(from_scoring.dtype)
+        assert np.array_equal(from_scoring, from_evaluation), name
+    # Not vacuous: the faces' estimates differ from one another.
+    assert len(np.unique(evaluated["predicted_age"])) > 1
+
+
 def test_scoring_a_packed_archive_on_s3_writes_its_output_there(world, s3_bucket):
     """The nightly shape on object storage: faces packed into s3:// shards, scored, output on s3://."""
     from agejobs import pack, storage
