@@ -29,25 +29,16 @@ import subprocess
 import sys
 import time
 
+from agejobs.processes import end_processes, start_ticks
+
 OWNER_FILE = "agejobs-owner.json"
 TEMP_PREFIX = "agejobs-ray-"
-GRACE_S = 3.0
 
 
 def temp_root() -> str:
     """Where local instances' temp dirs go: short, because Ray's unix sockets live under them
     and must stay below ~107 characters."""
     return os.environ.get("AGEJOBS_RAY_TMP", "/tmp")
-
-
-def start_ticks(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot), or None when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
 
 
 def owner_alive(owner: dict) -> bool:
@@ -83,33 +74,6 @@ def session_pids(temp_dir: str) -> list[int]:
         return []
     root = os.path.realpath(temp_dir)
     return [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != os.getpid() and _process_uses(pid, root)]
-
-
-def end_processes(pids: list[int], grace_s: float = GRACE_S) -> None:
-    """SIGTERM, then SIGKILL for whatever still lives after grace_s."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
-        living = []
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-                living.append(pid)
-            except ProcessLookupError:
-                continue
-        deadline = time.monotonic() + wait_s
-        while living and time.monotonic() < deadline:
-            time.sleep(0.1)
-            living = [pid for pid in living if start_ticks(pid) is not None and not _zombie(pid)]
-        pids = living
-        if not pids:
-            return
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
 
 
 def reap(temp_dir: str) -> None:

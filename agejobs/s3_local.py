@@ -20,6 +20,8 @@ import time
 import urllib.error
 import urllib.request
 
+from agejobs.processes import stop_child
+
 HOST = "127.0.0.1"
 # moto accepts any credentials; these are placeholders, not secrets.
 DUMMY_ENVIRONMENT = {
@@ -97,13 +99,7 @@ class LocalS3:
 
     def stop(self) -> None:
         """Stop the server this object started (by its pid) and restore the environment."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_child(self.process, grace_s=10)
         self.process = None
         for name, value in self._saved_environment.items():
             if value is None:

@@ -24,6 +24,8 @@ import urllib.request
 
 import yaml
 
+from agejobs.processes import stop_child
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "cluster")
 MISSING = ("no prometheus/promtool in the venv or on PATH: `make install` unpacks Debian's `prometheus` "
@@ -113,13 +115,7 @@ class PrometheusServer:
         return self.api("query_range", query=expr, start=start, end=end, step=step_s)["result"]
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_child(self.process, grace_s=15)
         self.process = None
         if getattr(self, "log", None):
             self.log.close()

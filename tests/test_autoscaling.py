@@ -8,7 +8,7 @@ import time
 import pytest
 
 from agejobs.config import load_config
-from agejobs.ray_local import LocalRayHead, fake_autoscaling_config
+from tests.ray_local import LocalRayHead, fake_autoscaling_config
 from agejobs.train import write_initial_checkpoint
 from test_score import OVERRIDES
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from agejobs.datasets.synthetic import SynthSpec, write_synthetic
-from agejobs.ray_local import LocalRayHead
+from tests.ray_local import LocalRayHead
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,5 @@
-"""A Ray head started with `ray start` on this machine, for jobs and autoscaling runs without a cloud.
+"""A Ray head started with `ray start` on this machine, for the job-submission and autoscaling tests
+(a test helper, not part of the package: it lists Ray processes with psutil, a test dependency).
 
     with LocalRayHead(num_cpus=4) as head:                      # `ray job submit` target
         subprocess.run(["ray", "job", "submit", "--address", head.dashboard_url, ...], env=head.env)
@@ -20,12 +21,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
+
+from agejobs.processes import end_processes
 
 BIN = os.path.dirname(sys.executable)
 # Processes of a Ray node (head or fake worker node) and of its workers.
@@ -135,30 +136,7 @@ class LocalRayHead:
         """SIGTERM, then SIGKILL, to the Ray processes that appeared since `start` (fake nodes and
         job drivers included), and nothing else; then remove the head's temp dir (logs, sockets,
         ~7 MB a head), which no process uses any more."""
-        import psutil
-
-        ours = self.started | (ray_processes() - self.before)
-        for pid in ours:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-
-        def alive(pid: int) -> bool:
-            try:
-                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:
-                return False
-
-        while time.monotonic() < deadline and any(alive(pid) for pid in ours):
-            time.sleep(0.5)
-        for pid in ours:
-            if alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        end_processes(self.started | (ray_processes() - self.before), grace_s)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalRayHead":
