@@ -1,16 +1,20 @@
-"""The `agejobs` command. Each subcommand is a `main_<name>(args)`; heavy imports happen inside them
-so that `agejobs --help` starts instantly.
+"""The `agejobs` command. Each subcommand is `main_<command>(args)` (`main_gallery_build` for
+`gallery build`); heavy imports happen inside them so that `agejobs --help` starts instantly.
+
+Every command takes `-c CONFIG` and dotted `key=value` overrides (config.py is the one place
+defaults live: a command has flags only for its inputs and outputs), and checks that its inputs
+exist before it starts Ray, so a typo costs no Ray start-up.
 
     agejobs demo [--workdir DIR] [--storage local|s3] [-c configs/demo.yaml] [key=value ...]
     agejobs experiment -c configs/utkface.yaml --workdir DIR [key=value ...]
-    agejobs synth OUT [--subjects N] [--images-per-subject K] [--size PX] [--seed S]
-    agejobs ingest LAYOUT SRC OUT [--split random|subject] [--test-fraction F] [--seed S]
-    agejobs pack MANIFEST OUT [--shard-mb MB] [--no-verify]
+    agejobs synth OUT [-c CONFIG] [dataset.synth_subjects=N dataset.synth_images_per_subject=K ...]
+    agejobs ingest LAYOUT SRC OUT [-c CONFIG] [dataset.split_protocol=subject dataset.verify_images=false ...]
+    agejobs pack MANIFEST OUT [-c CONFIG] [dataset.pack_shard_mb=64 dataset.verify_images=false ...]
     agejobs train -c CONFIG --manifest MANIFEST|PACK [--workdir DIR] [key=value ...]
-    agejobs evaluate --checkpoint DIR --manifest MANIFEST|PACK [--workdir DIR] [data.test_flip=true eval.knn_m=M ...]
+    agejobs evaluate --checkpoint DIR --manifest MANIFEST|PACK [--workdir DIR] [-c CONFIG] [data.test_flip=true eval.knn_m=M ...]
+    agejobs evaluate --scored OUT/RUN_ID --labels MANIFEST|PACK [--workdir DIR] [-c CONFIG]
     agejobs gallery build --checkpoint DIR --source MANIFEST|PACK --out DIR [-c CONFIG] [key=value ...]
     agejobs score --checkpoint DIR --gallery DIR --archive PREFIX|PACK --out DIR [--run-id ID] [-c CONFIG] [key=value ...]
-    agejobs evaluate --scored OUT/RUN_ID --labels MANIFEST|PACK [--workdir DIR]
 
 Every path may be a local path or a URI (s3://bucket/prefix; S3 settings from the config's
 `storage:` section or the standard AWS environment). Batch commands end by printing one JSON
@@ -57,6 +61,15 @@ def _load(args) -> "Config":  # noqa: F821
     return cfg
 
 
+def _require(uri: str, what: str) -> str:
+    """An input that must exist, checked before Ray starts; the error names it."""
+    from agejobs import storage
+
+    if not storage.exists(uri):
+        raise FileNotFoundError(f"{what} {uri} does not exist")
+    return uri
+
+
 def _serve_metrics(port: int) -> None:
     """This process's agejobs_* metrics (the ones recorded without Ray) on http://0.0.0.0:port/."""
     from agejobs import metrics
@@ -82,51 +95,51 @@ def _ray_for(cfg, args):
 def main_synth(args) -> int:
     from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 
-    spec = SynthSpec(
-        num_subjects=args.subjects,
-        images_per_subject=args.images_per_subject,
-        image_size=args.size,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-    )
+    dataset = _load(args).dataset
+    spec = SynthSpec(num_subjects=dataset.synth_subjects, images_per_subject=dataset.synth_images_per_subject,
+                     image_size=dataset.synth_image_size, test_fraction=dataset.test_fraction, seed=dataset.split_seed)
     return _finish("synth", args.out, write_synthetic(args.out, spec, progress=True))
 
 
 def main_ingest(args) -> int:
-    from agejobs import storage
     from agejobs.datasets.manifest import SplitSpec, rejected_by_stage, write_import
     from agejobs.datasets.registry import import_layout
 
-    if not storage.exists(args.src):
-        raise ValueError(f"source {args.src} does not exist")
-    result = import_layout(args.layout, args.src, SplitSpec(args.split, args.test_fraction, args.seed))
-    if args.verify:
-        from agejobs.ray_runtime import quiet_ray_data, ray_session
+    cfg = _load(args)
+    dataset = cfg.dataset
+    result = import_layout(args.layout, _require(args.src, "source"),
+                           SplitSpec(dataset.split_protocol, dataset.test_fraction, dataset.split_seed))
+    if dataset.verify_images:
+        from agejobs.ray_runtime import quiet_ray_data
         from agejobs.verify import verify_import
 
-        with ray_session(num_cpus=args.num_cpus, console=_console(args)):
+        with _ray_for(cfg, args):
             quiet_ray_data()
-            result = verify_import(result, "ray", concurrency=max(1, args.num_cpus or os.cpu_count() or 1))
+            result = verify_import(result, "ray", concurrency=cfg.data.decode_concurrency)
     counts = write_import(result, args.out)
     return _finish("ingest", args.out, {"layout": args.layout, **counts, "rejected_by_stage": rejected_by_stage(result.rejected)})
 
 
 def main_pack(args) -> int:
     from agejobs.pack import pack
-    from agejobs.ray_runtime import ray_session
 
-    with ray_session(num_cpus=args.num_cpus, console=_console(args)):
-        counts = pack(args.manifest, args.out, int(args.shard_mb * 2**20), verify_images=not args.no_verify)
+    cfg = _load(args)
+    _require(args.manifest, "manifest")
+    with _ray_for(cfg, args):
+        counts = pack(args.manifest, args.out, int(cfg.dataset.pack_shard_mb * 2**20), verify_images=cfg.dataset.verify_images)
     return _finish("pack", args.out, counts)
 
 
-def _run_experiment(args) -> int:
+def main_experiment(args) -> int:
+    """`demo` and `experiment`: the whole pipeline, one line per stage, then the table."""
     if getattr(args, "storage", "local") == "s3":
-        return _run_demo_on_local_s3(args)
+        return main_demo_on_local_s3(args)
     from agejobs.experiment import run_experiment
     from agejobs.ray_runtime import quiet_ray_data
 
     cfg = _load(args)
+    if cfg.dataset.kind != "synthetic":
+        _require(cfg.dataset.source, "dataset.source")
     with _ray_for(cfg, args):
         quiet_ray_data()
         report = run_experiment(cfg, args.workdir)
@@ -136,7 +149,7 @@ def _run_experiment(args) -> int:
 DEMO_BUCKET = "agejobs-demo"
 
 
-def _run_demo_on_local_s3(args) -> int:
+def main_demo_on_local_s3(args) -> int:
     """The demo with every byte going through an embedded S3 endpoint (moto on 127.0.0.1):
     faces uploaded to s3://agejobs-demo/<run>/data, packed into shards there, streamed into
     training, checkpoints and outputs written there; the report and plots are then copied
@@ -172,8 +185,7 @@ def _print_experiment(report: dict) -> int:
     from agejobs import evaluate
 
     print()
-    print(evaluate.format_table(report["methods"]))
-    print(evaluate.format_face_outcomes(report["methods"]))
+    evaluate.print_reports(report["methods"])
     print(f"\nreport: {os.path.join(report['workdir'], 'report.json')}")
     print(f"plots:  {os.path.join(report['workdir'], 'plots')}/")
     by_name = {m["method"]: m for m in report["methods"]}
@@ -194,6 +206,7 @@ def main_train(args) -> int:
     from agejobs.train import run_training
 
     cfg = _load(args)
+    _require(args.manifest, "manifest")
     workdir = _workdir(args.workdir)
     storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
     path = cfg.train.storage_path
@@ -207,10 +220,13 @@ def main_train(args) -> int:
 
 
 def main_gallery_build(args) -> int:
+    from agejobs.checkpoint import resolve_checkpoint
     from agejobs.gallery import build_gallery
     from agejobs.ray_runtime import quiet_ray_data
 
     cfg = _load(args)
+    resolve_checkpoint(args.checkpoint)
+    _require(args.source, "source")
     with _ray_for(cfg, args):
         quiet_ray_data()
         manifest = build_gallery(args.checkpoint, args.source, _workdir(args.out), cfg)
@@ -219,10 +235,15 @@ def main_gallery_build(args) -> int:
 
 
 def main_score(args) -> int:
+    from agejobs.checkpoint import resolve_checkpoint
+    from agejobs.gallery import read_gallery_manifest
     from agejobs.ray_runtime import quiet_ray_data
     from agejobs.score import default_run_id, score_archive
 
     cfg = _load(args)
+    resolve_checkpoint(args.checkpoint)
+    read_gallery_manifest(args.gallery)
+    _require(args.archive, "archive")
     with _ray_for(cfg, args):
         quiet_ray_data()
         summary = score_archive(
@@ -234,19 +255,28 @@ def main_score(args) -> int:
 
 # What `evaluate --checkpoint` may change of the checkpoint's own config: how its estimate is
 # made, never how its faces are framed or sized (that would not be the model that was trained).
-INFERENCE_KEYS = ("eval.", "ray.", "data.test_flip")
+INFERENCE_KEYS = ("eval.", "ray.", "storage.", "data.test_flip")
 
 
-def inference_overrides(cfg: "Config", overrides: list[str]) -> "Config":  # noqa: F821
-    """The checkpoint's config with `key=value` overrides of inference settings only."""
-    from agejobs.config import ConfigError, config_from_dict, config_to_dict, parse_override
+def inference_config(cfg: "Config", config_path: str | None, overrides: list[str]) -> "Config":  # noqa: F821
+    """The checkpoint's config with the inference settings of a config file (-c) and of
+    `key=value` overrides; overriding any other key is an error naming it."""
+    from agejobs.config import ConfigError, config_from_dict, config_to_dict, load_config, parse_override
 
     tree = config_to_dict(cfg)
+    settings = []
+    if config_path:
+        job = config_to_dict(load_config(config_path))
+        for prefix in INFERENCE_KEYS:
+            section, _, name = prefix.rstrip(".").partition(".")
+            settings += [(f"{section}.{key}", value) for key, value in job[section].items() if not name or key == name]
     for text in overrides:
         key, value = parse_override(text)
         if not key.startswith(INFERENCE_KEYS):
             raise ConfigError(f"evaluate --checkpoint: {key} is the trained model's own setting; only "
                               f"{', '.join(INFERENCE_KEYS)} may be overridden")
+        settings.append((key, value))
+    for key, value in settings:
         section, name = key.split(".", 1)
         tree.setdefault(section, {})[name] = value
     return config_from_dict(tree)
@@ -254,160 +284,131 @@ def inference_overrides(cfg: "Config", overrides: list[str]) -> "Config":  # noq
 
 def main_evaluate(args) -> int:
     if args.scored:
-        return _evaluate_scored(args)
+        return main_evaluate_scored(args)
     if not (args.checkpoint and args.manifest):
         raise ValueError("evaluate needs --checkpoint and --manifest, or --scored and --labels")
     from agejobs import evaluate, storage
+    from agejobs.checkpoint import checkpoint_identity
     from agejobs.experiment import SIAMESE, method_reports
-    from agejobs.gallery import load_trained_model
     from agejobs.ray_runtime import quiet_ray_data
 
-    cfg = inference_overrides(load_trained_model(args.checkpoint).cfg, args.overrides)
+    _load(args)  # S3 settings and the metrics endpoint, before anything is read
+    cfg = inference_config(checkpoint_identity(args.checkpoint)[0], args.config, args.overrides)
+    _require(args.manifest, "manifest")
     workdir = _workdir(args.workdir)
-    plots_dir = storage.join(workdir, "plots")
     with _ray_for(cfg, args):
         quiet_ray_data()
         name = SIAMESE if cfg.train.method == "siamese" else cfg.train.method
-        reports = method_reports(name, args.checkpoint, args.manifest, cfg, plots_dir)
-    evaluate.plot_cs_curves(reports, storage.join(plots_dir, "cs_curve.png"))
-    evaluate.plot_mae_by_age(reports, storage.join(plots_dir, "mae_by_age.png"))
-    report_uri = storage.join(workdir, "report.json")
-    evaluate.write_report(report_uri, reports, {"checkpoint": args.checkpoint, "manifest": args.manifest})
-    print(evaluate.format_table(reports))
-    print(evaluate.format_face_outcomes(reports))
-    _print_json({"mae": reports[0]["mae"], "n": reports[0]["n"], "report": report_uri})
+        reports = method_reports(name, args.checkpoint, args.manifest, cfg, storage.join(workdir, "plots"))
+    evaluate.write_outputs(workdir, reports, {"checkpoint": args.checkpoint, "manifest": args.manifest})
+    evaluate.print_reports(reports)
+    _print_json({"mae": reports[0]["mae"], "n": reports[0]["n"], "report": storage.join(workdir, "report.json")})
     return 0
 
 
-def _evaluate_scored(args) -> int:
+def main_evaluate_scored(args) -> int:
     """The spine's report and plots for a scoring run's output joined (by path) with labels."""
     from agejobs import evaluate, storage
-    from agejobs.data import label_table
-    from agejobs.score import read_scored
 
     if not args.labels:
         raise ValueError("evaluate --scored needs --labels MANIFEST|PACK")
-    predictions, errors = read_scored(args.scored)
-    labels = label_table(args.labels, ("path", "age", "gender", "split"))
-    if args.split:  # e.g. only the faces that are not in the gallery (its split is gallery.split)
-        import pyarrow.compute as pc
-
-        labels = labels.filter(pc.equal(labels["split"], args.split))
-    joined = predictions.join(labels.drop_columns(["split"]), "path", join_type="inner")
-    if joined.num_rows == 0:
-        raise ValueError(f"no scored row of {args.scored} has a label in {args.labels} (joined on path)")
-    report = evaluate.method_report(
-        "scored", joined["predicted_age"].to_numpy(), joined["age"].to_numpy(),
-        joined["predicted_gender"].to_numpy(), joined["gender"].to_numpy(),
-        face_outcomes=joined["face_outcome"].to_numpy() if "face_outcome" in joined.column_names else None,
-    )
+    _load(args)
+    _require(args.labels, "labels")
+    _require(args.scored, "scoring run")
+    report, extra = evaluate.scored_report(args.scored, args.labels, args.split)
     workdir = _workdir(args.workdir)
-    plots_dir = storage.join(workdir, "plots")
-    evaluate.plot_cs_curves([report], storage.join(plots_dir, "cs_curve.png"))
-    evaluate.plot_mae_by_age([report], storage.join(plots_dir, "mae_by_age.png"))
-    report_uri = storage.join(workdir, "report.json")
-    extra = {"scored": args.scored, "labels": args.labels, "split": args.split or "all", "scored_rows": predictions.num_rows,
-             "labelled_rows": joined.num_rows, "error_rows": errors.num_rows}
-    evaluate.write_report(report_uri, [report], extra)
-    print(evaluate.format_table([report]))
-    print(evaluate.format_face_outcomes([report]))
-    _print_json({"mae": report["mae"], "n": report["n"], "error_rows": errors.num_rows, "report": report_uri})
+    evaluate.write_outputs(workdir, [report], extra)
+    evaluate.print_reports([report])
+    _print_json({"mae": report["mae"], "n": report["n"], "error_rows": extra["error_rows"],
+                 "report": storage.join(workdir, "report.json")})
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agejobs", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--metrics-port", type=int, default=0,
-                        help="serve this process's agejobs_* metrics (prometheus_client) on this port")
-    # Every subcommand takes --verbose (after its name, where users type it).
-    verbosity = argparse.ArgumentParser(add_help=False)
-    verbosity.add_argument("--verbose", action="store_true",
-                           help="also print Ray's own logs (workers, Ray Train, Ray Data, raylet); off by default")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _with_config(sub, default=None, required=False) -> None:
+    sub.add_argument("-c", "--config", default=default, required=required, help="YAML config (configs/*.yaml)")
+    sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=3")
 
-    def with_config(sub, default=None, required=False):
-        sub.add_argument("-c", "--config", default=default, required=required, help="YAML config (configs/*.yaml)")
-        sub.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=3")
 
-    demo = commands.add_parser("demo", parents=[verbosity], help="synthetic faces -> train -> gallery -> evaluate, on 2 CPU cores")
+def _add_pipelines(commands, common) -> None:
+    demo = commands.add_parser("demo", parents=[common], help="synthetic faces -> train -> gallery -> evaluate, on 2 CPU cores")
     demo.add_argument("--workdir", default="runs/demo", help="every output goes here (report: WORKDIR/report.json)")
-    demo.add_argument(
-        "--storage",
-        default="local",
-        choices=["local", "s3"],
-        help="s3: run everything through an embedded S3 endpoint on 127.0.0.1 (moto), packed shards included",
-    )
-    with_config(demo, default=DEFAULT_DEMO_CONFIG)
-    demo.set_defaults(handler=_run_experiment)
-
-    experiment = commands.add_parser("experiment", parents=[verbosity], help="the demo's pipeline on any configured dataset")
+    demo.add_argument("--storage", default="local", choices=["local", "s3"],
+                      help="s3: run everything through an embedded S3 endpoint on 127.0.0.1 (moto), packed shards included")
+    _with_config(demo, default=DEFAULT_DEMO_CONFIG)
+    demo.set_defaults(handler=main_experiment)
+    experiment = commands.add_parser("experiment", parents=[common], help="the demo's pipeline on any configured dataset")
     experiment.add_argument("--workdir", required=True)
-    with_config(experiment, required=True)
-    experiment.set_defaults(handler=_run_experiment)
+    _with_config(experiment, required=True)
+    experiment.set_defaults(handler=main_experiment)
 
-    synth = commands.add_parser("synth", parents=[verbosity], help="write a deterministic synthetic face dataset + manifest")
+
+def _add_data_commands(commands, common) -> None:
+    synth = commands.add_parser("synth", parents=[common], help="write a deterministic synthetic face dataset + manifest (dataset.synth_*)")
     synth.add_argument("out")
-    synth.add_argument("--subjects", type=int, default=600)
-    synth.add_argument("--images-per-subject", type=int, default=5)
-    synth.add_argument("--size", type=int, default=80)
-    synth.add_argument("--test-fraction", type=float, default=0.2)
-    synth.add_argument("--seed", type=int, default=0)
+    _with_config(synth)
     synth.set_defaults(handler=main_synth)
-
-    ingest = commands.add_parser("ingest", parents=[verbosity], help="import a published dataset layout into a manifest")
+    ingest = commands.add_parser("ingest", parents=[common], help="import a published dataset layout into a manifest (dataset.*)")
     ingest.add_argument("layout", help="utkface, morph, megaage, aaf, fgnet, appa-real or imdb-wiki")
     ingest.add_argument("src", help="the dataset's root directory or URI, in its published layout")
     ingest.add_argument("out", help="directory or URI for manifest.parquet + errors.parquet")
-    ingest.add_argument("--split", default="random", choices=["random", "subject"])
-    ingest.add_argument("--test-fraction", type=float, default=0.2)
-    ingest.add_argument("--seed", type=int, default=0)
-    ingest.add_argument("--verify", action="store_true", help="decode every image once (Ray); failures go to errors.parquet")
-    ingest.add_argument("--num-cpus", type=int, default=0, help="for a local Ray instance; 0 = all cores")
+    _with_config(ingest)
     ingest.set_defaults(handler=main_ingest)
+    pack = commands.add_parser("pack", parents=[common], help="manifest of loose images -> Parquet shards of image bytes")
+    pack.add_argument("manifest")
+    pack.add_argument("out", help="directory or URI for shard-NNNNN.parquet (+ .errors.parquet, .done)")
+    _with_config(pack)
+    pack.set_defaults(handler=main_pack)
 
-    pack_command = commands.add_parser("pack", parents=[verbosity], help="manifest of loose images -> Parquet shards of image bytes")
-    pack_command.add_argument("manifest")
-    pack_command.add_argument("out", help="directory or URI for shard-NNNNN.parquet (+ .errors.parquet, .done)")
-    pack_command.add_argument("--shard-mb", type=float, default=64.0, help="target shard size")
-    pack_command.add_argument("--no-verify", action="store_true", help="do not decode images while packing")
-    pack_command.add_argument("--num-cpus", type=int, default=0, help="for a local Ray instance; 0 = all cores")
-    pack_command.set_defaults(handler=main_pack)
 
-    train = commands.add_parser("train", parents=[verbosity], help="train one model with Ray Train")
+def _add_train_and_evaluate(commands, common) -> None:
+    train = commands.add_parser("train", parents=[common], help="train one model with Ray Train")
     train.add_argument("--manifest", required=True, help="manifest.parquet or pack directory (local or URI)")
     train.add_argument("--workdir", default="runs/train")
     train.add_argument("--name", default="", help="run name under the storage path")
-    with_config(train, required=True)
+    _with_config(train, required=True)
     train.set_defaults(handler=main_train)
-
-    evaluate = commands.add_parser("evaluate", parents=[verbosity], help="kNN (or direct) estimates on the test split + report; or a scoring run's output vs labels"
-    )
+    evaluate = commands.add_parser("evaluate", parents=[common],
+                                   help="kNN (or direct) estimates on the test split + report; or a scoring run's output vs labels")
     evaluate.add_argument("--checkpoint", help="with --manifest: evaluate a checkpoint on the test split")
     evaluate.add_argument("--manifest")
     evaluate.add_argument("--scored", help="with --labels: a scoring run's output directory (OUT/RUN_ID)")
     evaluate.add_argument("--labels", help="manifest or pack holding the scored images' labels (joined on path)")
     evaluate.add_argument("--split", default="", help="with --scored: only labels of this split (e.g. test)")
     evaluate.add_argument("--workdir", default="runs/evaluate")
-    evaluate.add_argument("overrides", nargs="*", help="with --checkpoint: inference settings, e.g. data.test_flip=true eval.knn_m=30")
+    _with_config(evaluate)
     evaluate.set_defaults(handler=main_evaluate)
 
+
+def _add_batch_jobs(commands, common) -> None:
     gallery = commands.add_parser("gallery", help="build a gallery (embeddings + L1 index) from a checkpoint")
     gallery_commands = gallery.add_subparsers(dest="gallery_command", required=True)
-    build = gallery_commands.add_parser("build", parents=[verbosity], help="embed a split with a checkpoint; write faces, index, manifest")
+    build = gallery_commands.add_parser("build", parents=[common], help="embed a split with a checkpoint; write faces, index, manifest")
     build.add_argument("--checkpoint", required=True)
     build.add_argument("--source", required=True, help="manifest or pack; the split is gallery.split (default train)")
     build.add_argument("--out", required=True, help="gallery directory (local or URI)")
-    with_config(build)
+    _with_config(build)
     build.set_defaults(handler=main_gallery_build)
-
-    score = commands.add_parser("score", parents=[verbosity], help="score an image archive against a gallery (resumable, sharded output)")
+    score = commands.add_parser("score", parents=[common], help="score an image archive against a gallery (resumable, sharded output)")
     score.add_argument("--checkpoint", required=True)
     score.add_argument("--gallery", required=True, help="built by `agejobs gallery build` with the same checkpoint")
     score.add_argument("--archive", required=True, help="a prefix of loose images, or a pack directory")
     score.add_argument("--out", required=True, help="output root; the run writes OUT/RUN_ID/")
     score.add_argument("--run-id", default="", help="default: today's UTC date (a rerun resumes the same run)")
-    with_config(score)
+    _with_config(score)
     score.set_defaults(handler=main_score)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agejobs", description="Facial age estimation (Jeong et al. 2018) trained and scored on Ray.")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="serve this process's agejobs_* metrics (prometheus_client) on this port")
+    # Every subcommand takes --verbose (after its name, where users type it).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="also print Ray's own logs (workers, Ray Train, Ray Data, raylet); off by default")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_pipelines, _add_data_commands, _add_train_and_evaluate, _add_batch_jobs):
+        add(commands, common)
     return parser
 
 

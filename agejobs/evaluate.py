@@ -211,6 +211,46 @@ def write_report(path: str, reports: list[dict[str, Any]], extra: dict[str, Any]
     return document
 
 
+def write_outputs(workdir: str, reports: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """WORKDIR/report.json and WORKDIR/plots/{cs_curve,mae_by_age}.png: how every command
+    (experiment, demo, evaluate) writes its report. Returns the report document."""
+    plots_dir = storage.join(workdir, "plots")
+    plot_cs_curves(reports, storage.join(plots_dir, "cs_curve.png"))
+    plot_mae_by_age(reports, storage.join(plots_dir, "mae_by_age.png"))
+    return write_report(storage.join(workdir, "report.json"), reports, extra)
+
+
+def print_reports(reports: list[dict[str, Any]]) -> None:
+    """The console's view of reports: the method table, then MAE by face outcome where known."""
+    print(format_table(reports))
+    outcomes = format_face_outcomes(reports)
+    if outcomes:
+        print(outcomes)
+
+
+def scored_report(scored_uri: str, labels_uri: str, split: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(report, extra) of a scoring run's output (OUT/RUN_ID) joined by path with the labels of a
+    manifest or pack; `split`: only faces of that split (e.g. those not in the gallery)."""
+    import pyarrow.compute as pc
+
+    from agejobs.data import label_table
+    from agejobs.score import read_scored
+
+    predictions, errors = read_scored(scored_uri)
+    labels = label_table(labels_uri, ("path", "age", "gender", "split"))
+    if split:
+        labels = labels.filter(pc.equal(labels["split"], split))
+    joined = predictions.join(labels.drop_columns(["split"]), "path", join_type="inner")
+    if joined.num_rows == 0:
+        raise ValueError(f"no scored row of {scored_uri} has a label in {labels_uri} (joined on path)")
+    outcomes = joined["face_outcome"].to_numpy() if "face_outcome" in joined.column_names else None
+    report = method_report("scored", joined["predicted_age"].to_numpy(), joined["age"].to_numpy(),
+                           joined["predicted_gender"].to_numpy(), joined["gender"].to_numpy(), face_outcomes=outcomes)
+    extra = {"scored": scored_uri, "labels": labels_uri, "split": split or "all", "scored_rows": predictions.num_rows,
+             "labelled_rows": joined.num_rows, "error_rows": errors.num_rows}
+    return report, extra
+
+
 def format_face_outcomes(reports: list[dict[str, Any]]) -> str:
     """One line per report that has MAE by face-search outcome: "method: one_face 4.91 (n=1900), ..."."""
     lines = []

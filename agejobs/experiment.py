@@ -250,8 +250,6 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
         timings[f"evaluate {name}"] = time.monotonic() - started
         say(f"[{name}] test MAE {new[0]['mae']:.2f} on {new[0]['n']} faces ({timings[f'evaluate {name}']:.0f} s)")
 
-    evaluate.plot_cs_curves(reports, storage.join(plots_dir, "cs_curve.png"))
-    evaluate.plot_mae_by_age(reports, storage.join(plots_dir, "mae_by_age.png"))
     extra = {
         "workdir": workdir,
         "manifest": manifest,
@@ -261,4 +259,4 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
         "timings_s": timings,
         "config": config_to_dict(cfg),
     }
-    return evaluate.write_report(storage.join(workdir, "report.json"), reports, extra)
+    return evaluate.write_outputs(workdir, reports, extra)

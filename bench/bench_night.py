@@ -78,7 +78,8 @@ def setup(args) -> tuple[str, str]:
     manifest, gallery = os.path.join(work, "utkface", "manifest.parquet"), os.path.join(work, "gallery")
     log = os.path.join(work, "setup.log")
     if not os.path.exists(manifest):
-        agejobs("ingest", "utkface", os.path.join(SHARED, "data", "utkface-part1"), os.path.dirname(manifest), log=log)
+        agejobs("ingest", "utkface", os.path.join(SHARED, "data", "utkface-part1"), os.path.dirname(manifest),
+                "dataset.verify_images=false", log=log)
     record = os.path.join(work, "checkpoint.json")
     if not os.path.exists(record):
         line = agejobs("train", "-c", "configs/utkface.yaml", "--manifest", manifest, "--workdir",
