@@ -18,7 +18,6 @@ import numpy as np
 from agejobs import evaluate, gallery, knn, storage
 from agejobs.config import Config, config_to_dict, config_to_yaml
 from agejobs.images import Preprocessing
-from agejobs.train import run_training
 
 SIAMESE, SIAMESE_AGE_ONLY = "siamese-knn", "siamese-knn-age-only"
 RIDGE_PIXELS_SIZE = 32  # a ridge over 32 x 32 x 3 pixels; more only adds noise dimensions
@@ -205,6 +204,9 @@ def peer_report(manifest: str, predictions_csv: str) -> dict:
 
 def run_experiment(cfg: Config, workdir: str) -> dict:
     """The whole experiment on the connected Ray cluster; returns the report (also report.json)."""
+    # Here, not at the top: `agejobs evaluate` uses this module's reports and never trains.
+    from agejobs.train import run_training
+
     workdir = storage.absolute(workdir)
     plots_dir = storage.join(workdir, "plots")
     storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())

@@ -10,7 +10,7 @@ A built gallery is a directory (local or s3://):
     age_index/        knn.L1Index over the age embeddings (+ gender_index/ for the multi-task model)
     gallery.json      checkpoint URI, model fingerprint, config, dims, count, distance  (written LAST)
 A gallery is only ever used with the model that embedded it: `load_gallery` compares the
-checkpoint's model fingerprint (a hash of its weights) and refuses any other.
+checkpoint's model fingerprint (a hash of its weights, checkpoint.py) and refuses any other.
 """
 
 from __future__ import annotations
@@ -25,55 +25,18 @@ import numpy as np
 import torch
 
 from agejobs import knn, storage
-from agejobs.config import Config, config_from_dict, config_to_dict
+from agejobs.checkpoint import ModelMismatchError, check_same_model, checkpoint_identity, load_trained_model
+from agejobs.config import Config, config_to_dict
 from agejobs.data import collect_by_image_id, face_dataset, to_model_input
 from agejobs.images import Preprocessing
 from agejobs.datasets.manifest import write_table_atomic
 from agejobs.losses import dex_expectation
-from agejobs.model import build_model_from_config
-from agejobs.train import read_checkpoint
 
 MANIFEST_FILE = "gallery.json"
 FACES_FILE = "faces.parquet"
 
-
-class GalleryMismatchError(ValueError):
-    """A gallery used with a model other than the one that embedded it."""
-
-
-def model_fingerprint(state_dict: dict) -> str:
-    """sha256 of a model's weights (names, dtypes, shapes, values): the same weights give the same
-    fingerprint whichever checkpoint file or optimizer state carried them."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
-@dataclass
-class TrainedModel:
-    model: torch.nn.Module
-    cfg: Config
-    fingerprint: str
-
-
-def checkpoint_identity(checkpoint_dir: str) -> tuple[Config, str]:
-    """(the checkpoint's training Config, its model fingerprint), without building the model.
-    Older checkpoints lack newer config keys (they get their defaults) or carry retired ones."""
-    payload = read_checkpoint(checkpoint_dir)
-    return config_from_dict(payload["config"], stored=True), model_fingerprint(payload["model"])
-
-
-def load_trained_model(checkpoint_dir: str, device: str = "cpu") -> TrainedModel:
-    """The model (eval mode), its Config and fingerprint from an agejobs training checkpoint."""
-    payload = read_checkpoint(checkpoint_dir)
-    cfg = config_from_dict(payload["config"], stored=True)
-    # The checkpoint holds every weight; the ImageNet file is not needed (nor present) here.
-    model = build_model_from_config(cfg.model, cfg.train.method, cfg.train.max_age, weights="")
-    model.load_state_dict(payload["model"])
-    return TrainedModel(model.to(device).eval(), cfg, model_fingerprint(payload["model"]))
+# The refusal is checkpoint.py's rule; galleries' callers (and tests) know it by this name.
+GalleryMismatchError = ModelMismatchError
 
 
 class Embedder:
@@ -325,12 +288,8 @@ def read_gallery_manifest(gallery_uri: str) -> dict:
 
 
 def check_gallery_matches(manifest: dict, gallery_uri: str, checkpoint: str, fingerprint: str) -> None:
-    if manifest["model_fingerprint"] != fingerprint:
-        raise GalleryMismatchError(
-            f"gallery {gallery_uri} was embedded by checkpoint {manifest['checkpoint']} (model "
-            f"{manifest['model_fingerprint'][:12]}), but checkpoint {checkpoint} is model {fingerprint[:12]}: "
-            "its embeddings live in another space. Build a gallery with this checkpoint (`agejobs gallery build`)."
-        )
+    check_same_model(f"gallery {gallery_uri}", manifest["checkpoint"], manifest["model_fingerprint"], checkpoint,
+                     fingerprint, "Build a gallery with this checkpoint (`agejobs gallery build`).")
 
 
 def load_gallery(gallery_uri: str, checkpoint: str, fingerprint: str) -> Gallery:

@@ -41,7 +41,8 @@ from agejobs import metrics, pack, storage
 from agejobs.config import Config
 from agejobs.data import READ_TASK_CPUS, DecodeFaces, read_row_groups
 from agejobs.datasets.manifest import write_table_atomic
-from agejobs.gallery import Embedder, check_gallery_matches, checkpoint_identity, load_gallery, read_gallery_manifest
+from agejobs.checkpoint import checkpoint_identity
+from agejobs.gallery import Embedder, check_gallery_matches, load_gallery, read_gallery_manifest
 from agejobs.images import Preprocessing
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,13 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from agejobs import distributed, losses, metrics, progress
+from agejobs.checkpoint import read_checkpoint, save_checkpoint
 from agejobs.config import Config, config_from_dict, config_to_dict
 from agejobs.data import random_flip, to_model_input
 from agejobs.model import build_model_from_config
@@ -30,8 +31,6 @@ from agejobs.model import build_model_from_config
 # print() in a Ray 2.60 worker is written twice (the print patch tees to the worker's replaced
 # sys.stdout and also logs it), so worker lines go through this logger.
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -157,17 +156,6 @@ def baseline_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg:
     return age_loss + gender_loss, {"age_loss": summed[0].item(), "gender_loss": summed[1].item()}
 
 
-def save_checkpoint(directory: str, model: torch.nn.Module, optimizer, state: TrainState, cfg: Config) -> None:
-    unwrapped = model.module if hasattr(model, "module") else model
-    payload = {
-        "model": unwrapped.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "train_state": asdict(state),
-        "config": config_to_dict(cfg),
-    }
-    torch.save(payload, os.path.join(directory, CHECKPOINT_FILE))
-
-
 def write_initial_checkpoint(directory: str, cfg: Config) -> str:
     """A checkpoint of the model as initialised (seed train.seed), before any step: what a pipeline
     smoke test or a throughput benchmark needs, where the weights' values do not matter."""
@@ -176,38 +164,6 @@ def write_initial_checkpoint(directory: str, cfg: Config) -> str:
     os.makedirs(directory, exist_ok=True)
     save_checkpoint(directory, model, make_optimizer(model.parameters(), cfg.optim), TrainState(), cfg)
     return directory
-
-
-def resolve_checkpoint(directory: str) -> str:
-    """A checkpoint directory as given, or, for a run directory (Ray Train's `storage_path/name`),
-    its newest `checkpoint_<timestamp>`: nightly jobs name the run, not one checkpoint."""
-    from agejobs import storage
-
-    if storage.exists(storage.join(directory, CHECKPOINT_FILE)):
-        return directory
-    fs, path = storage.filesystem_for(directory)
-    try:
-        children = sorted(name for name in fs.ls(path.rstrip("/"), detail=False)
-                          if name.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_"))
-    except OSError:
-        children = []
-    for child in reversed(children):  # timestamped names: the last is the newest
-        candidate = storage.uri_of(directory, child)
-        if storage.exists(storage.join(candidate, CHECKPOINT_FILE)):
-            return candidate
-    raise FileNotFoundError(f"{directory} is not an agejobs checkpoint (no {CHECKPOINT_FILE}) nor a run holding one")
-
-
-def read_checkpoint(directory: str) -> dict:
-    """The payload of an agejobs checkpoint directory (local path or URI, e.g. s3://), or of the
-    newest checkpoint of a run directory."""
-    import io
-
-    from agejobs import storage
-
-    uri = storage.join(resolve_checkpoint(directory), CHECKPOINT_FILE)
-    # Optimizer and RNG state hold numpy/python objects: this file is ours, not an untrusted one.
-    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=False)
 
 
 def restore_state(model: torch.nn.Module, optimizer) -> TrainState:

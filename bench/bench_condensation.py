@@ -35,10 +35,11 @@ def main() -> int:
     args = parser.parse_args()
 
     from agejobs import condense, evaluate, gallery, knn
+    from agejobs.checkpoint import load_trained_model
     from agejobs.images import Preprocessing
     from agejobs.ray_runtime import quiet_ray_data, ray_session
 
-    trained = gallery.load_trained_model(args.checkpoint)
+    trained = load_trained_model(args.checkpoint)
     preprocessing = Preprocessing.of(trained.cfg.data)
     with ray_session(num_cpus=args.num_cpus):
         quiet_ray_data()

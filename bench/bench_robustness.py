@@ -99,7 +99,7 @@ def write_reframed(manifest: str, out_dir: str, seed: int) -> str:
 def evaluate_model(checkpoint: str, manifests: dict, cfg, plots_dir: str) -> dict:
     """kNN reports of one checkpoint on every variant of the test faces (gallery: train split)."""
     from agejobs import experiment
-    from agejobs.gallery import load_trained_model
+    from agejobs.checkpoint import load_trained_model
 
     model_cfg = load_trained_model(checkpoint).cfg
     run_cfg = dataclasses.replace(model_cfg, eval=cfg.eval)

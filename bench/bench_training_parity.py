@@ -260,7 +260,7 @@ def train_and_evaluate(args, method: str, seed: int, setup: str, faces_path: str
     else:
         manifest = os.path.join(args.workdir, "data", "manifest.parquet")
         trained = train_agejobs(args, method, seed, int(setup[-1]), manifest, run_dir)
-        from agejobs.train import read_checkpoint
+        from agejobs.checkpoint import read_checkpoint
 
         # The checkpoint lives in the workdir, a scratch place: read it here, not into the results.
         state_dict = read_checkpoint(trained.pop("checkpoint"))["model"]

@@ -111,8 +111,9 @@ def plain_score_loop(encoded_batches, checkpoint: str, gallery_uri: str, threads
     import numpy as np
     import torch
 
+    from agejobs.checkpoint import load_trained_model
     from agejobs.data import to_model_input
-    from agejobs.gallery import load_gallery, load_trained_model
+    from agejobs.gallery import load_gallery
     from agejobs.images import preprocess_encoded
 
     torch.set_num_threads(threads)

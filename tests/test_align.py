@@ -218,8 +218,8 @@ def test_models_are_loaded_once_per_process():
 
 
 def test_checkpoint_round_trip_keeps_the_preprocessing(tmp_path):
+    from agejobs.checkpoint import load_trained_model
     from agejobs.config import load_config
-    from agejobs.gallery import load_trained_model
     from agejobs.train import write_initial_checkpoint
 
     cfg = load_config(None, ["model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=48",

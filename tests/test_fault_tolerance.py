@@ -4,10 +4,11 @@ worker group, which resumes from the last checkpoint instead of epoch 0."""
 import pytest
 import torch
 
+from agejobs.checkpoint import read_checkpoint
 from agejobs.config import load_config
 from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 from agejobs.ray_runtime import quiet_ray_data, ray_session
-from agejobs.train import read_checkpoint, run_training, split_age_stats
+from agejobs.train import run_training, split_age_stats
 
 pytestmark = pytest.mark.slow
 

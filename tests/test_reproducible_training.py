@@ -4,10 +4,11 @@ the flips and the dropout all come from train.seed, and budgets are counted in e
 import pytest
 import torch
 
+from agejobs.checkpoint import read_checkpoint
 from agejobs.config import load_config
 from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 from agejobs.ray_runtime import quiet_ray_data, ray_session
-from agejobs.train import read_checkpoint, run_training, split_age_stats
+from agejobs.train import run_training, split_age_stats
 
 pytestmark = pytest.mark.slow
 

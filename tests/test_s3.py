@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from agejobs import pack, storage
+from agejobs.checkpoint import CHECKPOINT_FILE, read_checkpoint
 from agejobs.config import StorageConfig, config_to_dict, config_to_yaml, load_config
 from agejobs.datasets.manifest import SplitSpec, read_manifest, split_protocol_of
 from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 from agejobs.datasets.utkface import import_utkface, write_import
-from agejobs.train import CHECKPOINT_FILE, read_checkpoint
 
 from s3_proxy import FlakyProxy
 
