@@ -115,7 +115,7 @@ def main_ingest(args) -> int:
 
         with _ray_for(cfg, args):
             quiet_ray_data()
-            result = verify_import(result, "ray", concurrency=cfg.data.decode_concurrency)
+            result = verify_import(result, "ray", concurrency=cfg.resources.decode.concurrency)
     counts = write_import(result, args.out)
     return _finish("ingest", args.out, {"layout": args.layout, **counts, "rejected_by_stage": rejected_by_stage(result.rejected)})
 
@@ -255,7 +255,7 @@ def main_score(args) -> int:
 
 # What `evaluate --checkpoint` may change of the checkpoint's own config: how its estimate is
 # made, never how its faces are framed or sized (that would not be the model that was trained).
-INFERENCE_KEYS = ("eval.", "ray.", "storage.", "data.test_flip")
+INFERENCE_KEYS = ("eval.", "resources.", "ray.", "storage.", "data.test_flip")
 
 
 def inference_config(cfg: "Config", config_path: str | None, overrides: list[str]) -> "Config":  # noqa: F821

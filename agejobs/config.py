@@ -10,6 +10,7 @@ is written next to every run's outputs (`dump_config`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -47,11 +48,6 @@ class DatasetConfig:
 @dataclass
 class DataConfig:
     image_size: int = 227
-    # Ray Data tasks decoding images in parallel with training.
-    decode_concurrency: int = 1
-    decode_batch_size: int = 64
-    # Parquet read tasks in flight (manifest or pack shards): bounds memory, whatever the size.
-    read_concurrency: int = 2
     # Training from a pack: rows of each worker's local shuffle buffer, mixing the row groups
     # (256 faces each) read in a fresh order every epoch. A manifest is shuffled in full
     # every epoch instead (data.py) and needs none.
@@ -135,12 +131,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    knn_m: int = 20
-    knn_chunk_size: int = 1024
-    cs_max_threshold: int = 10
-    embed_batch_size: int = 128
-    embed_concurrency: int = 1
-    embed_torch_threads: int = 1
+    knn_m: int = 20  # M: an age is the mean age of the M nearest gallery faces (the paper: 20)
     # Baselines evaluated beside the paper's method, each trained with the same backbone and budget.
     baselines: list[str] = field(default_factory=lambda: ["mean", "ridge-pixels", "regression", "dex"])
     # Also train the paper's age-only model (gender_weight 0): the ablation of its Table 2.
@@ -150,18 +141,47 @@ class EvalConfig:
     peer_predictions: str = ""
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a gallery's L1 index searches (knn.py): "auto" is ScaNN brute-force L1 up to
+    brute_force_max faces and approximate + exact re-rank above. The approximate defaults were
+    measured by bench/bench_gallery_search.py (knn.tune_approximate) on 1M x 70."""
+
+    mode: str = "auto"  # exact | brute_force | approximate | auto
+    brute_force_max: int = 100_000
+    candidates: int = 200  # k': approximate candidates re-ranked by exact L1
+    reorder: int = 0  # ScaNN's own squared-L2 re-order depth before k' are taken; 0 = 2 k'
+    num_leaves: int = 0  # 0 = about sqrt(rows)
+    leaves_to_search: int = 0  # 0 = num_leaves / 10
+    training_sample: int = 100_000  # rows the partitioner trains on
+
+    def query_options(self, rows: int) -> dict:
+        """ScaNN's per-query knobs: tunable after the build (`knn.tune_approximate`)."""
+        leaves = self.leaves(rows)
+        return {
+            "final_num_neighbors": self.candidates,
+            "pre_reorder_num_neighbors": max(self.reorder or 2 * self.candidates, self.candidates),
+            "leaves_to_search": min(self.leaves_to_search or max(leaves // 10, 1), leaves),
+        }
+
+    def leaves(self, rows: int) -> int:
+        return min(self.num_leaves or max(int(math.sqrt(rows)), 1), rows)
+
+    def resolved_mode(self, rows: int) -> str:
+        if self.mode == "auto":
+            return "brute_force" if rows <= self.brute_force_max else "approximate"
+        if self.mode not in SEARCH_MODES:
+            raise ValueError(f"search mode must be one of {SEARCH_MODES + ('auto',)}, got {self.mode!r}")
+        return self.mode
+
+
+SEARCH_MODES = ("exact", "brute_force", "approximate")
+
+
 @dataclass
 class GalleryConfig:
     split: str = "train"  # the split of the source whose faces become the gallery
-    # "auto": ScaNN brute-force L1 up to brute_force_max faces, approximate + exact re-rank above.
-    search: str = "auto"
-    brute_force_max: int = 100_000
-    # Approximate mode: k' candidates re-ranked by exact L1 and the partitions searched per query.
-    # Defaults measured by bench/bench_gallery_search.py (knn.tune_approximate) on 1M x 70.
-    candidates: int = 200
-    reorder: int = 0  # ScaNN's squared-L2 re-order depth; 0 = 2 k'
-    num_leaves: int = 0  # 0 = about sqrt(gallery size)
-    leaves_to_search: int = 0  # 0 = num_leaves / 10
+    search: SearchSettings = field(default_factory=SearchSettings)
     # Condensation: 0 keeps every face; K > 0 keeps at most K prototypes per age (k-means).
     prototypes_per_age: int = 0
 
@@ -171,15 +191,33 @@ class ScoreConfig:
     # Loose images of an archive are scored in input shards of this many files (a pack's own
     # shards are its input shards); each becomes one output file with a done-marker.
     shard_images: int = 1000
-    batch_size: int = 64
-    read_concurrency: int = 2
-    decode_concurrency: int = 1
-    embed_concurrency: int = 1
-    embed_torch_threads: int = 1
-    embed_gpus: float = 0.0  # GPUs per embedding actor (e.g. 1 on a GPU worker type; 0 = CPU)
-    search_concurrency: int = 1
     # Fault drill: the driver exits (os._exit) right after writing this many shards. 0 = off.
     fail_after_shards: int = 0
+
+
+@dataclass
+class StageResources:
+    """How one Ray Data stage runs: tasks or actors in flight (an actor pool grows from 1 to
+    `concurrency`), rows per call, and what each task or actor holds."""
+
+    concurrency: int = 1
+    batch_size: int = 64  # rows per call (read: one row group per call, whatever this says)
+    cpus: float = 1.0
+    gpus: float = 0.0  # e.g. 1 for embedding on a GPU worker type (its CPUs then count 0)
+    torch_threads: int = 1
+
+
+@dataclass
+class ResourcesConfig:
+    """One block per stage of every job that streams faces (training's input, galleries,
+    evaluation, scoring, verification): read -> decode -> embed -> search."""
+
+    # Parquet reads are I/O: a quarter CPU each, so they never wait behind the actor pools for a
+    # whole logical CPU; the count in flight bounds memory whatever the archive size.
+    read: StageResources = field(default_factory=lambda: StageResources(concurrency=2, batch_size=1, cpus=0.25))
+    decode: StageResources = field(default_factory=lambda: StageResources(concurrency=1, batch_size=64, cpus=0.5))
+    embed: StageResources = field(default_factory=lambda: StageResources(concurrency=1, batch_size=128, cpus=1.0))
+    search: StageResources = field(default_factory=lambda: StageResources(concurrency=1, batch_size=64, cpus=0.5))
 
 
 @dataclass
@@ -222,6 +260,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -234,7 +273,7 @@ CHOICES = {
     "model.backbone": ("inception_v3", "mobilenet_v2", "resnet18", "mobilenet_v3_small"),
     "loss.pairs": ("global", "local"),
     "loss.kernel": ("compiled", "cdist"),
-    "gallery.search": ("auto", "exact", "brute_force", "approximate"),
+    "gallery.search.mode": ("auto", *SEARCH_MODES),
     "optim.name": ("adadelta", "adam", "sgd"),
     "train.method": ("siamese", "regression", "dex"),
     "train.lr_schedule": ("constant", "cosine"),
@@ -310,8 +349,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def validate(cfg: Config) -> Config:
     for dotted, allowed in CHOICES.items():
-        section, name = dotted.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = cfg
+        for name in dotted.split("."):
+            value = getattr(value, name)
         if value not in allowed:
             raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
     for baseline in cfg.eval.baselines:
@@ -343,21 +383,36 @@ def validate(cfg: Config) -> Config:
 
 
 # Keys that older versions wrote into the configs saved in checkpoints and that no longer mean
-# anything: dropped when a stored config is read back (a config file naming one is still an error).
-RETIRED_KEYS = ("data.manifest_blocks",)
+# anything (job sizing now lives in `resources`, which a checkpoint does not decide): dropped when
+# a stored config is read back (a config file naming one is still an error).
+RETIRED_KEYS = (
+    "data.manifest_blocks", "data.decode_concurrency", "data.decode_batch_size", "data.read_concurrency",
+    "eval.knn_chunk_size", "eval.cs_max_threshold", "eval.embed_batch_size", "eval.embed_concurrency",
+    "eval.embed_torch_threads", "score.batch_size", "score.read_concurrency", "score.decode_concurrency",
+    "score.embed_concurrency", "score.embed_torch_threads", "score.embed_gpus", "score.search_concurrency",
+)
+# Before gallery.search was typed as the search settings, they were flat keys of gallery.
+FLAT_SEARCH_KEYS = ("brute_force_max", "candidates", "reorder", "num_leaves", "leaves_to_search")
+
+
+def _upgrade_stored(data: dict) -> dict:
+    """A config saved by an earlier version, in today's schema."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for dotted in RETIRED_KEYS:
+        section, name = dotted.split(".")
+        data.get(section, {}).pop(name, None)
+    if "face_crop" in data.get("data", {}):  # before data.align: a Haar box or nothing
+        data["data"]["align"] = "box" if data["data"].pop("face_crop") else "none"
+    gallery = data.get("gallery", {})
+    if isinstance(gallery.get("search"), str):
+        gallery["search"] = {"mode": gallery["search"]} | {key: gallery.pop(key) for key in FLAT_SEARCH_KEYS if key in gallery}
+    return data
 
 
 def config_from_dict(data: dict, stored: bool = False) -> Config:
     """A validated Config from plain data; `stored`: a config saved by an earlier run, whose
-    retired keys are dropped."""
-    if stored:
-        data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
-        for dotted in RETIRED_KEYS:
-            section, name = dotted.split(".")
-            data.get(section, {}).pop(name, None)
-        if "face_crop" in data.get("data", {}):  # before data.align: a Haar box or nothing
-            data["data"]["align"] = "box" if data["data"].pop("face_crop") else "none"
-    return validate(_from_dict(Config, data))
+    retired keys are dropped (`_upgrade_stored`)."""
+    return validate(_from_dict(Config, _upgrade_stored(data) if stored else data))
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from agejobs import metrics, pack, storage
+from agejobs.config import ResourcesConfig, StageResources
 from agejobs.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -119,10 +120,6 @@ def as_preprocessing(preprocessing: Preprocessing | int) -> Preprocessing:
 # Rows per streamed block: blocks must not grow with the dataset, or neither does memory stay flat.
 ROWS_PER_BLOCK = 512
 
-# Reading manifests, packs and archives is I/O: a quarter CPU per read task, so reads never wait
-# behind the decode and embed actor pools for a whole logical CPU.
-READ_TASK_CPUS = 0.25
-
 
 def manifest_rows(manifest_uri: str) -> int:
     """Rows of a manifest, from its Parquet footer (no data read)."""
@@ -176,10 +173,12 @@ def pack_row_groups(pack_uri: str) -> list[dict]:
     return descriptors
 
 
-def pack_dataset(pack_uri: str, columns: list[str], read_concurrency: int = 2, order=None):
+def pack_dataset(pack_uri: str, columns: list[str], read: StageResources | None = None, order=None):
     """Rows of a pack, one row group per block (`read_row_groups`); with `order` (a Ray Data
     seed config) the row groups are read in a fresh seeded order every epoch."""
     import ray
+
+    read = read or ResourcesConfig().read
 
     descriptors = pack_row_groups(pack_uri)
     ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
@@ -190,33 +189,34 @@ def pack_dataset(pack_uri: str, columns: list[str], read_concurrency: int = 2, o
         fn_kwargs={"columns": columns},
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=read_concurrency),
-        num_cpus=READ_TASK_CPUS,
+        compute=ray.data.TaskPoolStrategy(size=read.concurrency),
+        num_cpus=read.cpus,
     )
 
 
 ROW_COLUMNS = ["image_id", "path", "age", "gender", "split"]
 
 
-def manifest_dataset(source_uri: str, split: str | None = None, blocks: int = 16, read_concurrency: int = 2,
+def manifest_dataset(source_uri: str, split: str | None = None, blocks: int = 16, read: StageResources | None = None,
                      pack_order=None):
     """Rows of one split of a manifest or a pack as a Ray Dataset (not yet decoded), in source order
     (a pack's row groups in `pack_order`'s, when given).
 
     A pack is read one row group per block, a manifest in blocks of at most ~ROWS_PER_BLOCK rows:
     block sizes do not grow with the archive, so neither does memory (bench/bench_streaming.py),
-    and at most `read_concurrency` read tasks run at once.
+    and at most `read.concurrency` read tasks run at once.
     """
     import ray
     from ray.data.expressions import col
 
+    read = read or ResourcesConfig().read
     if pack.is_pack(source_uri):
-        ds = pack_dataset(source_uri, ROW_COLUMNS + ["image_bytes"], read_concurrency, pack_order)
+        ds = pack_dataset(source_uri, ROW_COLUMNS + ["image_bytes"], read, pack_order)
     else:
         filesystem, path = storage.arrow_filesystem(source_uri)
         blocks = max(blocks, -(-manifest_rows(source_uri) // ROWS_PER_BLOCK))
-        ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, concurrency=read_concurrency,
-                                   num_cpus=READ_TASK_CPUS)
+        ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, concurrency=read.concurrency,
+                                   num_cpus=read.cpus)
         ds = ds.select_columns(ROW_COLUMNS)
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
@@ -229,7 +229,7 @@ SHUFFLED_BLOCK_ROWS = 256
 INDEX_BLOCK_ROWS = 65_536
 
 
-def shuffled_rows(source_uri: str, split: str | None, seed: int, read_concurrency: int = 2):
+def shuffled_rows(source_uri: str, split: str | None, seed: int, read: StageResources | None = None):
     """Rows of one split in a fresh order every epoch, seeded (same seed, same orders); see the
     module docstring for the manifest and the pack case."""
     import pyarrow.compute as pc
@@ -239,14 +239,14 @@ def shuffled_rows(source_uri: str, split: str | None, seed: int, read_concurrenc
     # reseed_after_execution: each execution of the dataset (an epoch) gets seed + its index.
     order = RandomSeedConfig(seed=seed, reseed_after_execution=True)
     if pack.is_pack(source_uri):
-        return manifest_dataset(source_uri, split, read_concurrency=read_concurrency, pack_order=order)
+        return manifest_dataset(source_uri, split, read=read, pack_order=order)
     index = label_table(source_uri, tuple(ROW_COLUMNS))
     if split is not None:
         index = index.filter(pc.equal(index["split"], split))
     if index.num_rows == 0:
         raise ValueError(f"{source_uri} has no rows in split {split!r}")
     pieces = [index.slice(start, INDEX_BLOCK_ROWS) for start in range(0, index.num_rows, INDEX_BLOCK_ROWS)]
-    ds = ray.data.from_arrow(pieces).random_shuffle(seed=order, num_cpus=READ_TASK_CPUS)
+    ds = ray.data.from_arrow(pieces).random_shuffle(seed=order, num_cpus=(read or ResourcesConfig().read).cpus)
     return ds.repartition(target_num_rows_per_block=SHUFFLED_BLOCK_ROWS)
 
 
@@ -255,29 +255,30 @@ def face_dataset(
     split: str | None,
     preprocessing: Preprocessing | int,
     train: bool = False,
-    batch_size: int = 64,
-    concurrency: int = 1,
+    resources: ResourcesConfig | None = None,
     keep_errors: bool = False,
     blocks: int = 16,
-    read_concurrency: int = 2,
     seed: int = 0,
 ):
-    """Decoded faces of one split, streaming; for training (`train`) in a fresh order every epoch
-    (`shuffled_rows`, seeded by `seed`). Errored rows are dropped unless `keep_errors`."""
+    """Decoded faces of one split, streaming, read and decoded as `resources` say; for training
+    (`train`) in a fresh order every epoch (`shuffled_rows`, seeded by `seed`). Errored rows are
+    dropped unless `keep_errors`."""
     from ray.data import ActorPoolStrategy
     from ray.data.expressions import col
 
+    resources = resources or ResourcesConfig()
     if train:
-        ds = shuffled_rows(manifest_uri, split, seed, read_concurrency)
+        ds = shuffled_rows(manifest_uri, split, seed, resources.read)
     else:
-        ds = manifest_dataset(manifest_uri, split, blocks=blocks, read_concurrency=read_concurrency)
+        ds = manifest_dataset(manifest_uri, split, blocks=blocks, read=resources.read)
+    decode = resources.decode
     ds = ds.map_batches(
         DecodeFaces,
         fn_constructor_kwargs={"preprocessing": as_preprocessing(preprocessing)},
-        batch_size=batch_size,
+        batch_size=decode.batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=concurrency),
-        num_cpus=0.5,
+        compute=ActorPoolStrategy(size=decode.concurrency),
+        num_cpus=decode.cpus,
     )
     if not keep_errors:
         ds = ds.filter(expr=col("error") == "")

@@ -50,7 +50,7 @@ def prepare_dataset(cfg: Config, workdir: str) -> tuple[str, dict]:
         if cfg.dataset.verify_images:
             from agejobs.verify import verify_import
 
-            result = verify_import(result, "ray", concurrency=cfg.data.decode_concurrency)
+            result = verify_import(result, "ray", concurrency=cfg.resources.decode.concurrency)
         return storage.join(data_dir, "manifest.parquet"), write_import(result, data_dir)
     if not cfg.dataset.source:
         raise ValueError("dataset.source: a manifest path is required for dataset.kind=manifest")
@@ -75,9 +75,7 @@ def embed(checkpoint: str, manifest: str, split: str, cfg: Config) -> dict:
         manifest,
         split,
         Preprocessing.of(cfg.data),
-        cfg.eval.embed_batch_size,
-        cfg.eval.embed_concurrency,
-        cfg.eval.embed_torch_threads,
+        cfg.resources,
         cfg.data.test_flip,
     )
 

@@ -26,7 +26,7 @@ import torch
 
 from agejobs import knn, storage
 from agejobs.checkpoint import ModelMismatchError, check_same_model, checkpoint_identity, load_trained_model
-from agejobs.config import Config, config_to_dict
+from agejobs.config import Config, ResourcesConfig, config_to_dict
 from agejobs.data import collect_by_image_id, face_dataset, to_model_input
 from agejobs.images import Preprocessing
 from agejobs.datasets.manifest import write_table_atomic
@@ -97,24 +97,24 @@ def embed_split(
     manifest_uri: str,
     split: str,
     preprocessing: Preprocessing | int,
-    batch_size: int = 128,
-    concurrency: int = 1,
-    torch_threads: int = 1,
+    resources: ResourcesConfig | None = None,
     test_flip: bool | None = None,
 ) -> dict:
-    """Run the embedder over one split of a manifest or pack; returns column -> numpy array, by image_id."""
+    """Run the embedder over one split of a manifest or pack (read, decode and embed sized by
+    `resources`); returns column -> numpy array, by image_id."""
     from ray.data import ActorPoolStrategy
 
-    ds = face_dataset(
-        manifest_uri, split, preprocessing, train=False, batch_size=batch_size, concurrency=concurrency
-    )
+    resources = resources or ResourcesConfig()
+    embed = resources.embed
+    ds = face_dataset(manifest_uri, split, preprocessing, train=False, resources=resources)
     ds = ds.drop_columns(["error", "error_class"]).map_batches(
         Embedder,
-        fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": torch_threads, "test_flip": test_flip},
-        batch_size=batch_size,
+        fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": embed.torch_threads, "test_flip": test_flip},
+        batch_size=embed.batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=concurrency),
-        num_cpus=1,
+        compute=ActorPoolStrategy(size=embed.concurrency),
+        num_cpus=0 if embed.gpus else embed.cpus,
+        num_gpus=embed.gpus,
     )
     columns = collect_by_image_id(ds)
     if not columns:
@@ -146,11 +146,6 @@ def majority_neighbour_gender(neighbour_indices: np.ndarray, gallery_genders: np
 def neighbour_age_spread(neighbour_indices: np.ndarray, gallery_ages: np.ndarray) -> np.ndarray:
     """Standard deviation of the neighbours' ages: how much the M nearest faces disagree (an uncertainty)."""
     return np.asarray(gallery_ages, dtype=np.float64)[neighbour_indices].std(axis=1)
-
-
-def search_settings(cfg: Config) -> knn.SearchSettings:
-    g = cfg.gallery
-    return knn.SearchSettings(g.search, g.brute_force_max, g.candidates, g.reorder, g.num_leaves, g.leaves_to_search)
 
 
 @dataclass
@@ -234,8 +229,7 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
         raise ValueError(f"{checkpoint_dir}: a gallery needs a siamese checkpoint; a {model_cfg.train.method} model estimates ages directly")
     started = time.time()
     columns = embed_split(
-        checkpoint_dir, source_uri, cfg.gallery.split, Preprocessing.of(model_cfg.data), cfg.eval.embed_batch_size,
-        cfg.eval.embed_concurrency, cfg.eval.embed_torch_threads,
+        checkpoint_dir, source_uri, cfg.gallery.split, Preprocessing.of(model_cfg.data), cfg.resources,
     )
     faces_embedded = len(columns["image_id"])
     if cfg.gallery.prototypes_per_age:
@@ -249,7 +243,7 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
         "gender_embedding": _fixed_size_lists(columns["gender_embedding"]),
     })
     write_table_atomic(table, storage.join(out_uri, FACES_FILE))
-    settings = search_settings(cfg)
+    settings = cfg.gallery.search
     built = Gallery.of_faces(columns, settings, cfg.eval.knn_m, with_gender_index)
     built.save(out_uri)
     content = hashlib.sha256(fingerprint.encode())

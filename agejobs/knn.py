@@ -20,50 +20,19 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import os
 import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from agejobs import storage
+from agejobs.config import SEARCH_MODES, SearchSettings  # the gallery config's own type
 
-MODES = ("exact", "brute_force", "approximate")
+MODES = SEARCH_MODES
 INDEX_FILE = "index.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 SCANN_DIR = "scann"
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    mode: str = "auto"  # exact | brute_force | approximate | auto
-    brute_force_max: int = 100_000
-    candidates: int = 200  # k': approximate candidates re-ranked by exact L1
-    reorder: int = 0  # ScaNN's own squared-L2 re-order depth before k' are taken; 0 = 2 k'
-    num_leaves: int = 0  # 0 = about sqrt(rows)
-    leaves_to_search: int = 0  # 0 = num_leaves / 10
-    training_sample: int = 100_000
-
-    def query_options(self, rows: int) -> dict:
-        """ScaNN's per-query knobs: tunable after the build (`tune_approximate`)."""
-        leaves = self.leaves(rows)
-        return {
-            "final_num_neighbors": self.candidates,
-            "pre_reorder_num_neighbors": max(self.reorder or 2 * self.candidates, self.candidates),
-            "leaves_to_search": min(self.leaves_to_search or max(leaves // 10, 1), leaves),
-        }
-
-    def leaves(self, rows: int) -> int:
-        return min(self.num_leaves or max(int(math.sqrt(rows)), 1), rows)
-
-    def resolved_mode(self, rows: int) -> str:
-        if self.mode == "auto":
-            return "brute_force" if rows <= self.brute_force_max else "approximate"
-        if self.mode not in MODES:
-            raise ValueError(f"search mode must be one of {MODES + ('auto',)}, got {self.mode!r}")
-        return self.mode
 
 
 def exact_l1_knn(

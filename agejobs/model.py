@@ -16,6 +16,7 @@ import torchvision
 from torch import nn
 
 from agejobs import storage
+from agejobs.config import ModelConfig, TrainConfig
 
 # backbone -> (classifier attribute replaced by the heads, feature width, smallest input side)
 BACKBONES = {
@@ -99,10 +100,10 @@ class AgeEmbeddingNet(nn.Module):
         backbone: nn.Module,
         feature_dim: int,
         method: str = "siamese",
-        age_dim: int = 70,
-        gender_dim: int = 10,
-        dropout: float = 0.5,
-        max_age: int = 120,
+        age_dim: int = ModelConfig.age_dim,
+        gender_dim: int = ModelConfig.gender_dim,
+        dropout: float = ModelConfig.dropout,
+        max_age: int = TrainConfig.max_age,
     ):
         super().__init__()
         if method not in METHODS:
@@ -123,17 +124,18 @@ class AgeEmbeddingNet(nn.Module):
 def build_model(
     backbone: str,
     method: str = "siamese",
-    age_dim: int = 70,
-    gender_dim: int = 10,
-    dropout: float = 0.5,
+    age_dim: int = ModelConfig.age_dim,
+    gender_dim: int = ModelConfig.gender_dim,
+    dropout: float = ModelConfig.dropout,
     weights: str = "",
-    max_age: int = 120,
+    max_age: int = TrainConfig.max_age,
 ) -> AgeEmbeddingNet:
     net, feature_dim = build_backbone(backbone, weights)
     return AgeEmbeddingNet(net, feature_dim, method, age_dim, gender_dim, dropout, max_age)
 
 
-def build_model_from_config(model_cfg, method: str, max_age: int = 120, weights: str | None = None) -> AgeEmbeddingNet:
+def build_model_from_config(model_cfg: ModelConfig, method: str, max_age: int = TrainConfig.max_age,
+                            weights: str | None = None) -> AgeEmbeddingNet:
     """The model as the config describes it, in its memory format (feed it `to_model_input(...,
     channels_last=model_cfg.channels_last)`); later `.to(device)` and `load_state_dict` keep it."""
     model = build_model(

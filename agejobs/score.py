@@ -38,8 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import metrics, pack, storage
-from agejobs.config import Config
-from agejobs.data import READ_TASK_CPUS, DecodeFaces, read_row_groups
+from agejobs.config import Config, ResourcesConfig
+from agejobs.data import DecodeFaces, read_row_groups
 from agejobs.datasets.manifest import write_table_atomic
 from agejobs.checkpoint import checkpoint_identity
 from agejobs.gallery import Embedder, check_gallery_matches, load_gallery, read_gallery_manifest
@@ -269,11 +269,61 @@ def finished_run(run_uri: str, stamp: dict) -> dict | None:
     return stored
 
 
-def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, gallery_uri: str, cfg: Config) -> dict:
-    """Score every unfinished input shard of the archive; returns the run's totals."""
+def scoring_pipeline(plan: ScorePlan, pending: list[int], checkpoint: str, gallery_uri: str, fingerprint: str,
+                     preprocessing: Preprocessing, resources: ResourcesConfig):
+    """The Ray Dataset of the pending input shards' rows through read -> decode -> embed -> search,
+    each stage sized by its `resources` block; None when no pending shard has rows."""
     import ray
     from ray.data import ActorPoolStrategy
 
+    descriptors = [
+        {"shard": plan.files[index], "row_group": group, "input_shard": index}
+        for index in pending if plan.shard_rows[index] for group in plan.row_groups[index]
+    ]
+    if not descriptors:
+        return None
+    read, decode, embed, search = resources.read, resources.decode, resources.embed, resources.search
+    columns = ["image_id", "path"] + (["image_bytes"] if plan.kind == "pack" else [])
+    ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors)).map_batches(
+        read_input_rows, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=read.concurrency), num_cpus=read.cpus,
+    )
+    ds = ds.map_batches(
+        DecodeFaces, fn_constructor_kwargs={"preprocessing": preprocessing}, batch_size=decode.batch_size,
+        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=decode.concurrency), num_cpus=decode.cpus,
+    )
+    ds = ds.map_batches(
+        EmbedFaces, fn_constructor_kwargs={"checkpoint_dir": checkpoint, "torch_threads": embed.torch_threads},
+        batch_size=embed.batch_size, batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=embed.concurrency),
+        num_cpus=0 if embed.gpus else embed.cpus, num_gpus=embed.gpus,
+    )
+    return ds.map_batches(
+        SearchGallery, fn_constructor_kwargs={"gallery_uri": gallery_uri, "checkpoint": checkpoint, "fingerprint": fingerprint},
+        batch_size=search.batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=search.concurrency), num_cpus=search.cpus,
+    )
+
+
+def write_scored_rows(ds, writer: "ShardWriter", started: float) -> float | None:
+    """Every row of the pipeline into its shard's writer; returns seconds to the first output."""
+    first_output_s = None
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        if first_output_s is None:  # actors started, model and index loaded, a block through every stage
+            first_output_s = round(time.perf_counter() - started, 2)
+            log.info("first scored rows after %.1f s", first_output_s)
+        writer.add(batch)
+    return first_output_s
+
+
+def start_run_gauges(plan: ScorePlan, pending: list[int]) -> None:
+    for name, value in (("score_run_shards", plan.num_shards), ("score_run_shards_done", plan.num_shards - len(pending)),
+                        ("score_run_started_timestamp_seconds", time.time()),
+                        ("score_last_shard_done_timestamp_seconds", time.time())):
+        metrics.set_gauge(name, value)
+
+
+def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, gallery_uri: str, cfg: Config) -> dict:
+    """Score every unfinished input shard of the archive; returns the run's totals."""
     started = time.perf_counter()
     # One spelling per input: output paths are absolute, so they join with manifests' paths.
     source_uri, out_uri = storage.absolute(source_uri), storage.absolute(out_uri)
@@ -290,44 +340,10 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     if finished is not None:  # a rerun of a finished night writes nothing, run.json included
         return {**finished, "shards_skipped": plan.num_shards, "shards_written": 0, "first_output_s": None,
                 "seconds": round(time.perf_counter() - started, 2)}
-    for name, value in (("score_run_shards", plan.num_shards), ("score_run_shards_done", plan.num_shards - len(pending)),
-                        ("score_run_started_timestamp_seconds", time.time()), ("score_last_shard_done_timestamp_seconds", time.time())):
-        metrics.set_gauge(name, value)
+    start_run_gauges(plan, pending)
     writer = ShardWriter(run_uri, plan, pending, stamp, cfg.score.fail_after_shards)
-    descriptors = [
-        {"shard": plan.files[index], "row_group": group, "input_shard": index}
-        for index in pending if plan.shard_rows[index] for group in plan.row_groups[index]
-    ]
-    if descriptors:
-        columns = ["image_id", "path"] + (["image_bytes"] if plan.kind == "pack" else [])
-        settings = cfg.score
-        ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors)).map_batches(
-            read_input_rows, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy",
-            compute=ray.data.TaskPoolStrategy(size=settings.read_concurrency), num_cpus=READ_TASK_CPUS,
-        )
-        ds = ds.map_batches(
-            DecodeFaces, fn_constructor_kwargs={"preprocessing": preprocessing},
-            batch_size=settings.batch_size, batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=settings.decode_concurrency), num_cpus=0.5,
-        )
-        ds = ds.map_batches(
-            EmbedFaces, fn_constructor_kwargs={"checkpoint_dir": checkpoint, "torch_threads": settings.embed_torch_threads},
-            batch_size=settings.batch_size, batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=settings.embed_concurrency),
-            num_cpus=0 if settings.embed_gpus else 1, num_gpus=settings.embed_gpus,
-        )
-        ds = ds.map_batches(
-            SearchGallery, fn_constructor_kwargs={"gallery_uri": gallery_uri, "checkpoint": checkpoint, "fingerprint": fingerprint},
-            batch_size=settings.batch_size, batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=1, max_size=settings.search_concurrency), num_cpus=0.5,
-        )
-        first_output_s = None
-        for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-            if first_output_s is None:  # actors started, model and index loaded, a block through every stage
-                first_output_s = round(time.perf_counter() - started, 2)
-                log.info("first scored rows after %.1f s", first_output_s)
-            writer.add(batch)
-    timing = {"first_output_s": first_output_s if descriptors else None, "seconds": round(time.perf_counter() - started, 2)}
+    ds = scoring_pipeline(plan, pending, checkpoint, gallery_uri, fingerprint, preprocessing, cfg.resources)
+    first_output_s = write_scored_rows(ds, writer, started) if ds is not None else None
     if writer.parts:
         missing = sorted(writer.parts)
         raise RuntimeError(f"run {run_uri}: input shards {missing[:5]} did not receive all their rows")
@@ -335,7 +351,8 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     totals = {key: sum(c[key] for c in counts) for key in ("rows_in", "scored", "errors")}
     summary = {
         "run_id": run_id, "source": source_uri, "shards": plan.num_shards, "shards_skipped": plan.num_shards - len(pending),
-        "shards_written": len(writer.written), **totals, **stamp, **timing,
+        "shards_written": len(writer.written), **totals, **stamp,
+        "first_output_s": first_output_s, "seconds": round(time.perf_counter() - started, 2),
     }
     storage.write_bytes_atomic(storage.join(run_uri, RUN_FILE), json.dumps(summary, indent=1).encode())
     return summary

@@ -22,8 +22,7 @@ from agejobs.config import StorageConfig
 
 DONE_SUFFIX = ".done"
 # Connection-level retries inside botocore; s3fs retries a few more error kinds on top.
-DEFAULT_RETRIES = 5
-_retries = DEFAULT_RETRIES
+_retries = StorageConfig.retries
 
 
 class StorageError(OSError):

@@ -335,9 +335,7 @@ def training_dataset(cfg: Config, source_uri: str):
         "train",
         Preprocessing.of(cfg.data),
         train=True,
-        batch_size=cfg.data.decode_batch_size,
-        concurrency=cfg.data.decode_concurrency,
-        read_concurrency=cfg.data.read_concurrency,
+        resources=cfg.resources,
         seed=cfg.train.seed,
     ).select_columns(["image", "age", "gender"])
 

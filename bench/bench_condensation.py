@@ -36,15 +36,19 @@ def main() -> int:
 
     from agejobs import condense, evaluate, gallery, knn
     from agejobs.checkpoint import load_trained_model
+    from agejobs.config import ResourcesConfig, StageResources
     from agejobs.images import Preprocessing
     from agejobs.ray_runtime import quiet_ray_data, ray_session
 
     trained = load_trained_model(args.checkpoint)
+    # Two decode and two embedding actors of 64 faces, as before the resources blocks.
+    resources = ResourcesConfig(decode=StageResources(concurrency=2, batch_size=64, cpus=0.5),
+                                embed=StageResources(concurrency=2, batch_size=64))
     preprocessing = Preprocessing.of(trained.cfg.data)
     with ray_session(num_cpus=args.num_cpus):
         quiet_ray_data()
-        reference = gallery.embed_split(args.checkpoint, args.source, "train", preprocessing, 64, 2, 1)
-        queries = gallery.embed_split(args.checkpoint, args.source, "test", preprocessing, 64, 2, 1)
+        reference = gallery.embed_split(args.checkpoint, args.source, "train", preprocessing, resources)
+        queries = gallery.embed_split(args.checkpoint, args.source, "test", preprocessing, resources)
     rows = []
     for label in ["all"] + args.per_age.split(","):
         columns = reference if label == "all" else condense.per_age_prototypes(reference, int(label))

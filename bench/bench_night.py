@@ -52,8 +52,9 @@ ROOT = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 AGEJOBS = [sys.executable, "-m", "agejobs"]
 MODEL_OVERRIDES = ["data.image_size=64", "data.test_flip=false", "train.epochs=2"]
-SCORE_OVERRIDES = ["score.batch_size=64", "score.decode_concurrency=1", "score.embed_concurrency=2",
-                   "score.search_concurrency=1", "ray.num_cpus=4"]
+SCORE_OVERRIDES = ["resources.decode.batch_size=64", "resources.embed.batch_size=64", "resources.search.batch_size=64",
+                   "resources.decode.concurrency=1", "resources.embed.concurrency=2", "resources.search.concurrency=1",
+                   "ray.num_cpus=4"]
 STORE_MB = 2048  # --store-mb: the local instance's object store (ray.object_store_mb)
 FIRST_OUTPUT = re.compile(r"first scored rows after [0-9.]+ s")
 

@@ -36,8 +36,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def overrides(args) -> list[str]:
     return [
         "model.backbone=mobilenet_v2", "model.weights=", f"data.image_size={args.size}",
-        f"score.batch_size={args.batch}", f"eval.embed_batch_size={args.batch}", "score.shard_images=1000",
-        f"score.embed_concurrency={args.embed_actors}", "score.decode_concurrency=1", "score.search_concurrency=1",
+        f"resources.decode.batch_size={args.batch}", f"resources.embed.batch_size={args.batch}",
+        f"resources.search.batch_size={args.batch}", "score.shard_images=1000",
+        f"resources.embed.concurrency={args.embed_actors}", "resources.decode.concurrency=1", "resources.search.concurrency=1",
         f"ray.num_cpus={args.num_cpus}",
         *args.overrides,
     ]

@@ -31,6 +31,7 @@ BUCKET = "agejobs-bench"
 
 def one_pass(source: str, image_size: int, concurrency: int, num_cpus: int) -> dict:
     """One streaming pass in THIS process (run as a child by main): rows, seconds, peak RSS."""
+    from agejobs.config import ResourcesConfig, StageResources
     from agejobs.data import face_dataset
     from agejobs.ray_runtime import quiet_ray_data, ray_session
 
@@ -38,7 +39,8 @@ def one_pass(source: str, image_size: int, concurrency: int, num_cpus: int) -> d
         quiet_ray_data()
         with PeakRss(tree=True) as rss:
             started = time.perf_counter()
-            ds = face_dataset(source, None, image_size, batch_size=128, concurrency=concurrency, keep_errors=True)
+            decode = StageResources(concurrency=concurrency, batch_size=128, cpus=0.5)
+            ds = face_dataset(source, None, image_size, resources=ResourcesConfig(decode=decode), keep_errors=True)
             rows = errors = 0
             for batch in ds.iter_batches(batch_size=256, batch_format="numpy"):
                 rows += len(batch["image_id"])

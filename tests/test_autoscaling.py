@@ -43,7 +43,7 @@ def test_scoring_beyond_the_head_adds_nodes_then_idle_nodes_are_removed(tmp_path
     write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=12, images_per_subject=4, image_size=40, seed=5))
     checkpoint = write_initial_checkpoint(str(tmp_path / "ck"), load_config(None, OVERRIDES))
     # The head has 1 CPU; decode (0.5) + 2 embedding actors (1 each) + search (0.5) need 3.
-    cfg = load_config(None, OVERRIDES + ["score.embed_concurrency=2", "score.shard_images=8", "score.batch_size=4"])
+    cfg = load_config(None, OVERRIDES + ["resources.embed.concurrency=2", "score.shard_images=8", "resources.decode.batch_size=4", "resources.embed.batch_size=4", "resources.search.batch_size=4"])
     with LocalRayHead(num_cpus=1, autoscaling=CLUSTER_YAML, idle_timeout_minutes=0.2) as head:
         with ray_session(address=head.gcs_address):
             quiet_ray_data()

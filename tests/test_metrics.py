@@ -128,7 +128,7 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
     cfg = load_config(None, [
         "model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=32", "train.batch_size=8",
         "train.epochs=40", "train.max_steps=24", "train.max_time_s=0", "train.log_every_steps=0", "eval.knn_m=5",
-        "eval.embed_batch_size=32", "score.batch_size=4", "score.shard_images=40",
+        "resources.embed.batch_size=32", "resources.decode.batch_size=4", "resources.search.batch_size=4", "score.shard_images=40",
     ])
     seen: dict[str, list[dict]] = {"train": [], "score": []}
     phase = {"name": "train", "done": False}

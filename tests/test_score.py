@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 OVERRIDES = [
     "model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=32", "eval.knn_m=5",
-    "eval.embed_batch_size=16", "score.batch_size=16", "ray.num_cpus=4",
+    "resources.embed.batch_size=16", "resources.decode.batch_size=16", "resources.search.batch_size=16", "ray.num_cpus=4",
 ]
 
 
@@ -153,7 +153,7 @@ def test_evaluation_and_scoring_give_each_face_the_same_estimate(world, tmp_path
     from agejobs.checkpoint import checkpoint_identity
 
     faces = str(world["root"] / "faces" / "manifest.parquet")
-    cfg = load_config(None, OVERRIDES + ["gallery.search=exact"])
+    cfg = load_config(None, OVERRIDES + ["gallery.search.mode=exact"])
     model_cfg, _ = checkpoint_identity(world["checkpoint"])
     with ray_session(num_cpus=4):
         build_gallery(world["checkpoint"], faces, str(tmp_path / "gallery"), cfg)
