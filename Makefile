@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/demo
 
-.PHONY: demo test install utkface clean
+.PHONY: demo test test-fast lint install utkface clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ demo: $(BIN)/.installed
 # The slowest tests are listed at the end: the suite must stay under 25 minutes on 2 cores.
 test: $(BIN)/.installed $(BIN)/.prometheus
 	$(BIN)/python -m pytest -q --durations=25
+
+# The edit-test loop: everything that starts no Ray and spawns no gloo ranks (< 2 min on 2 cores).
+# A test that starts Ray without the `ray` marker fails here, naming the marker (tests/conftest.py).
+test-fast: $(BIN)/.installed
+	AGEJOBS_TEST_FAST=1 $(BIN)/python -m pytest -q -m "not ray and not slow" --durations=5
+
+# ruff: lint and format check, as CI runs them before the tests (`ruff format .` fixes the layout).
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The real-data benchmark (~41 min on 2 cores, budgets in epochs); needs ../shared beside the checkout.
 utkface: $(BIN)/.installed

@@ -12,7 +12,7 @@ from tests.ray_local import LocalRayHead, fake_autoscaling_config
 from agejobs.train import write_initial_checkpoint
 from test_score import OVERRIDES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER_YAML = os.path.join(ROOT, "ray_cluster.yaml")

@@ -29,7 +29,7 @@ from agejobs.config import load_config
 from agejobs.datasets.manifest import MANIFEST_SCHEMA
 from agejobs.ray_runtime import quiet_ray_data, ray_session
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 AGES = np.repeat(np.arange(1, 81), 20)  # 1,600 faces, 20 per age 1..80, sorted
 WORKERS, GLOBAL_BATCH, EPOCHS, TOLERANCE = 2, 32, 2, 3

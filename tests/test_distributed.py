@@ -67,6 +67,10 @@ def run_two_ranks(pairs, tmp_path, chunk_rows=0, kernel="cdist"):
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 
+# Each test spawns gloo ranks as processes (seconds to a minute each): the full suite's, not the fast loop's.
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def single_process():
     model = TwoHeads()

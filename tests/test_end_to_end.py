@@ -6,7 +6,7 @@ import pytest
 
 from agejobs.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_demo_pipeline_end_to_end(tmp_path, capsys):

@@ -10,7 +10,7 @@ from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 from agejobs.ray_runtime import quiet_ray_data, ray_session
 from agejobs.train import run_training, split_age_stats
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint(tmp_path, capfd):

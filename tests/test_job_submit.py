@@ -12,7 +12,7 @@ import pytest
 from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 from tests.ray_local import LocalRayHead
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)

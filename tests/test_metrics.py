@@ -110,6 +110,7 @@ def check_dashboard_and_alerts(prometheus: PrometheusServer, start: float, end: 
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.skipif(binary("prometheus") is None, reason=MISSING)
 def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_path, monkeypatch):
     from agejobs import pack

@@ -21,6 +21,8 @@ from agejobs.ray_reaper import OWNER_FILE, TEMP_PREFIX, reap_orphans, session_pi
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the reaper finds a session's processes through /proc (Linux)")
 
+pytestmark = pytest.mark.ray
+
 
 def alive(pid: int) -> bool:
     try:

@@ -4,7 +4,11 @@ import importlib
 import logging
 import os
 
+import pytest
+
 from agejobs.ray_runtime import MIN_LOCAL_CPUS, PLACEMENT_GROUP_CLEANER_LOGGER, ray_session, without_dashboard_noise
+
+pytestmark = pytest.mark.ray
 
 
 def test_local_instance_has_the_logical_cpus_an_embedding_pipeline_holds():

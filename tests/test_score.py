@@ -19,7 +19,7 @@ from agejobs.ray_runtime import ray_session
 from agejobs.score import read_scored, score_archive
 from agejobs.train import write_initial_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 OVERRIDES = [
     "model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=32", "eval.knn_m=5",
