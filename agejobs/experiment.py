@@ -200,17 +200,8 @@ def peer_report(manifest: str, predictions_csv: str) -> dict:
     return report
 
 
-def run_experiment(cfg: Config, workdir: str) -> dict:
-    """The whole experiment on the connected Ray cluster; returns the report (also report.json)."""
-    # Here, not at the top: `agejobs evaluate` uses this module's reports and never trains.
-    from agejobs.train import run_training
-
-    workdir = storage.absolute(workdir)
-    plots_dir = storage.join(workdir, "plots")
-    storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
-    timings: dict[str, float] = {}
-    runs = methods_to_train(cfg)
-
+def stage_data(cfg: Config, workdir: str, timings: dict) -> tuple[str, dict]:
+    """The experiment's faces as a manifest (or, with dataset.pack, a pack of it): (source, counts)."""
     started = time.monotonic()
     manifest, counts = prepare_dataset(cfg, workdir)
     if cfg.dataset.pack:
@@ -224,6 +215,13 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
     if counts.get("rows_rejected"):
         split_counts += f", {counts['rows_rejected']} rejected (reasons: {storage.join(workdir, 'data')}/errors.parquet)"
     say(f"[data] {cfg.dataset.kind}{split_counts} ({timings['data']:.0f} s)")
+    return manifest, counts
+
+
+def train_methods(runs: list[tuple[str, Config]], manifest: str, workdir: str, timings: dict) -> tuple[dict, dict]:
+    """Train every method of the experiment: ({name: checkpoint}, {name: final metrics})."""
+    # Here, not at the top: `agejobs evaluate` uses this module's reports and never trains.
+    from agejobs.train import run_training
 
     checkpoints, train_metrics = {}, {}
     for name, run_cfg in runs:
@@ -233,9 +231,13 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
         timings[f"train {name}"] = time.monotonic() - started
         say(f"[{name}] trained: {outcome.metrics.get('step', '?')} steps, {outcome.metrics.get('epoch', '?')} epochs "
             f"({timings[f'train {name}']:.0f} s)")
+    return checkpoints, train_metrics
 
-    reports = []
-    evaluations = [(name, lambda name=name, run_cfg=run_cfg: method_reports(name, checkpoints[name], manifest, run_cfg, plots_dir))
+
+def evaluate_methods(cfg: Config, runs, checkpoints: dict, manifest: str, plots_dir: str, timings: dict) -> list[dict]:
+    """Test-split reports of the trained methods, the untrained baselines and the peer, in that order."""
+    evaluations = [(name, lambda name=name, run_cfg=run_cfg: method_reports(name, checkpoints[name], manifest, run_cfg,
+                                                                            plots_dir))
                    for name, run_cfg in runs]
     evaluations += [(name, build) for name, build in (
         ("mean", lambda: [mean_report(manifest)]),
@@ -243,20 +245,27 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
     ) if name in cfg.eval.baselines]
     if cfg.eval.peer_predictions:
         evaluations.append(("peer", lambda: [peer_report(manifest, cfg.eval.peer_predictions)]))
+    reports = []
     for name, build in evaluations:
         started = time.monotonic()
         new = build()
         reports += new
         timings[f"evaluate {name}"] = time.monotonic() - started
         say(f"[{name}] test MAE {new[0]['mae']:.2f} on {new[0]['n']} faces ({timings[f'evaluate {name}']:.0f} s)")
+    return reports
 
-    extra = {
-        "workdir": workdir,
-        "manifest": manifest,
-        "dataset_counts": counts,
-        "checkpoints": checkpoints,
-        "train_metrics": {k: {m: v for m, v in d.items() if isinstance(v, (int, float, bool))} for k, d in train_metrics.items()},
-        "timings_s": timings,
-        "config": config_to_dict(cfg),
-    }
+
+def run_experiment(cfg: Config, workdir: str) -> dict:
+    """The whole experiment on the connected Ray cluster; returns the report (also report.json)."""
+    workdir = storage.absolute(workdir)
+    storage.write_bytes_atomic(storage.join(workdir, "config.yaml"), config_to_yaml(cfg).encode())
+    timings: dict[str, float] = {}
+    runs = methods_to_train(cfg)
+    manifest, counts = stage_data(cfg, workdir, timings)
+    checkpoints, train_metrics = train_methods(runs, manifest, workdir, timings)
+    reports = evaluate_methods(cfg, runs, checkpoints, manifest, storage.join(workdir, "plots"), timings)
+    numbers = {name: {k: v for k, v in values.items() if isinstance(v, (int, float, bool))}
+               for name, values in train_metrics.items()}
+    extra = {"workdir": workdir, "manifest": manifest, "dataset_counts": counts, "checkpoints": checkpoints,
+             "train_metrics": numbers, "timings_s": timings, "config": config_to_dict(cfg)}
     return evaluate.write_outputs(workdir, reports, extra)

@@ -213,28 +213,10 @@ def _fixed_size_lists(matrix: np.ndarray):
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
-def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Config) -> dict:
-    """Embed `cfg.gallery.split` of a manifest or pack with the checkpoint, optionally condense it,
-    and write faces, L1 indexes and the manifest (last). Returns the manifest.
-
-    Preprocessing (image size, face alignment) is the checkpoint's own training setting, so gallery
-    faces are seen exactly as the model saw faces in training; `cfg` sizes the job and the index.
-    """
+def write_faces(columns: dict, uri: str) -> None:
+    """The gallery's faces.parquet: one row per face, labels and both embeddings."""
     import pyarrow as pa
 
-    from agejobs import condense
-
-    model_cfg, fingerprint = checkpoint_identity(checkpoint_dir)
-    if model_cfg.train.method != "siamese":
-        raise ValueError(f"{checkpoint_dir}: a gallery needs a siamese checkpoint; a {model_cfg.train.method} model estimates ages directly")
-    started = time.time()
-    columns = embed_split(
-        checkpoint_dir, source_uri, cfg.gallery.split, Preprocessing.of(model_cfg.data), cfg.resources,
-    )
-    faces_embedded = len(columns["image_id"])
-    if cfg.gallery.prototypes_per_age:
-        columns = condense.per_age_prototypes(columns, cfg.gallery.prototypes_per_age, seed=cfg.train.seed)
-    with_gender_index = model_cfg.loss.gender_weight > 0
     table = pa.table({
         "image_id": pa.array(columns["image_id"].astype(str)),
         "age": pa.array(columns["age"].astype(np.int16)),
@@ -242,15 +224,41 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
         "age_embedding": _fixed_size_lists(columns["age_embedding"]),
         "gender_embedding": _fixed_size_lists(columns["gender_embedding"]),
     })
-    write_table_atomic(table, storage.join(out_uri, FACES_FILE))
-    settings = cfg.gallery.search
-    built = Gallery.of_faces(columns, settings, cfg.eval.knn_m, with_gender_index)
-    built.save(out_uri)
+    write_table_atomic(table, uri)
+
+
+def content_version(fingerprint: str, columns: dict) -> str:
+    """16 hex digits naming the model and exactly these faces: scored rows carry it."""
     content = hashlib.sha256(fingerprint.encode())
     for name in ("age", "gender", "age_embedding", "gender_embedding"):
         content.update(np.ascontiguousarray(columns[name]).tobytes())
+    return content.hexdigest()[:16]
+
+
+def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Config) -> dict:
+    """Embed `cfg.gallery.split` of a manifest or pack with the checkpoint, optionally condense it,
+    and write faces, L1 indexes and the manifest (last). Returns the manifest.
+
+    Preprocessing (image size, face alignment) is the checkpoint's own training setting, so gallery
+    faces are seen exactly as the model saw faces in training; `cfg` sizes the job and the index.
+    """
+    from agejobs import condense
+
+    model_cfg, fingerprint = checkpoint_identity(checkpoint_dir)
+    if model_cfg.train.method != "siamese":
+        raise ValueError(f"{checkpoint_dir}: a gallery needs a siamese checkpoint; "
+                         f"a {model_cfg.train.method} model estimates ages directly")
+    started = time.time()
+    preprocessing = Preprocessing.of(model_cfg.data)
+    columns = embed_split(checkpoint_dir, source_uri, cfg.gallery.split, preprocessing, cfg.resources)
+    faces_embedded = len(columns["image_id"])
+    if cfg.gallery.prototypes_per_age:
+        columns = condense.per_age_prototypes(columns, cfg.gallery.prototypes_per_age, seed=cfg.train.seed)
+    write_faces(columns, storage.join(out_uri, FACES_FILE))
+    built = Gallery.of_faces(columns, cfg.gallery.search, cfg.eval.knn_m, gender_index=model_cfg.loss.gender_weight > 0)
+    built.save(out_uri)
     manifest = {
-        "gallery_version": content.hexdigest()[:16],
+        "gallery_version": content_version(fingerprint, columns),
         "checkpoint": checkpoint_dir,
         "model_fingerprint": fingerprint,
         "source": source_uri,
@@ -260,11 +268,11 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
         "prototypes_per_age": cfg.gallery.prototypes_per_age,
         "age_embedding_dim": int(columns["age_embedding"].shape[1]),
         "gender_embedding_dim": int(columns["gender_embedding"].shape[1]),
-        "gender_index": with_gender_index,
+        "gender_index": built.gender_index is not None,
         "distance": "l1",
         "m": cfg.eval.knn_m,
-        "search": dataclasses.asdict(settings) | {"mode": built.age_index.mode},
-        "preprocessing": dataclasses.asdict(Preprocessing.of(model_cfg.data)) | {"test_flip": model_cfg.data.test_flip},
+        "search": dataclasses.asdict(cfg.gallery.search) | {"mode": built.age_index.mode},
+        "preprocessing": dataclasses.asdict(preprocessing) | {"test_flip": model_cfg.data.test_flip},
         "face_outcomes": outcome_counts(columns["face_outcome"]),
         "model_config": config_to_dict(model_cfg),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -56,6 +56,15 @@ def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings",
         finally:
             ray.shutdown()
         return
+    with _local_instance(num_cpus, console, metrics_export_port, object_store_mb):
+        yield
+
+
+@contextlib.contextmanager
+def _local_instance(num_cpus: int, console: str, metrics_export_port: int, object_store_mb: int):
+    """A private local instance: own temp dir, explicit CPUs, ended with this process (ray_reaper)."""
+    import ray
+
     if console == "quiet":  # Ray's own deprecation notices, raised in this process
         warnings.filterwarnings("ignore", module=r"ray(\.|$)")
     reap_orphans()  # instances of drivers that were killed before they could stop them
