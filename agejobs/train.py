@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agejobs import distributed, losses, metrics, progress
+from agejobs import distributed, metrics, progress
 from agejobs.checkpoint import read_checkpoint, save_checkpoint
 from agejobs.config import Config, config_from_dict, config_to_dict
 from agejobs.data import random_flip, to_model_input
 from agejobs.model import build_model_from_config
+from agejobs.pair_loss import make_loss
 
 # Ray Train sends a worker's root logger to the driver's console and to its app log file. A bare
 # print() in a Ray 2.60 worker is written twice (the print patch tees to the worker's replaced
@@ -93,67 +94,6 @@ def scheduled_lr(base_lr: float, progress: float, schedule: str) -> float:
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     return base_lr
-
-
-def siamese_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
-    """Age (+ gender) revised contrastive loss over local rows x (global or local) columns.
-
-    Returns the loss to backpropagate (already scaled for DDP averaging) and logging values that
-    are the same on every worker: the loss of the whole global batch and its positive-pair ratio.
-    """
-    rank, world = distributed.rank_and_world()
-    local_batch = len(ages)
-    use_global = cfg.loss.pairs == "global" and world > 1
-    offset = rank * local_batch if use_global else 0
-    pair_count = losses.ordered_pair_count(world * local_batch if use_global else local_batch)
-    # Pairs span workers only when asked; DDP averaging over workers is cancelled only then.
-    scale = distributed.global_pair_loss_scale() if use_global else 1
-
-    gather_seconds = 0.0
-
-    def task_loss(embeddings: torch.Tensor, labels: torch.Tensor, tolerance: float):
-        nonlocal gather_seconds
-        # The pair loss runs in at least fp32 under autocast (exp and squares overflow in bf16).
-        embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
-        gather_started = time.perf_counter()
-        cols = distributed.gather_with_grad(embeddings) if use_global else embeddings
-        col_labels = distributed.gather_no_grad(labels) if use_global else labels
-        gather_seconds += time.perf_counter() - gather_started
-        pair_sum, positives = losses.revised_contrastive_pair_sum(
-            embeddings, labels, cols, col_labels, tolerance, cfg.loss.q, offset, cfg.loss.chunk_rows, cfg.loss.kernel
-        )
-        return pair_sum / pair_count, positives
-
-    age_loss, age_positives = task_loss(outputs["age"], ages, cfg.loss.age_tolerance)
-    loss = age_loss
-    gender_loss = torch.zeros((), device=age_loss.device)
-    if cfg.loss.gender_weight > 0:
-        gender_loss, _ = task_loss(outputs["gender"], genders, 0)
-        loss = age_loss + cfg.loss.gender_weight * gender_loss
-    # Logged values describe the global batch: sums of the per-worker pieces (global pairs), or
-    # the mean of per-worker losses (local pairs).
-    divisor = 1 if use_global else world
-    summed = distributed.all_reduce_sum(torch.stack([age_loss.detach(), gender_loss.detach(), age_positives.float()]))
-    total_pairs = pair_count * (1 if use_global else world)
-    log = {
-        "age_loss": summed[0].item() / divisor,
-        "gender_loss": summed[1].item() / divisor,
-        "positive_pair_ratio": summed[2].item() / total_pairs,
-        "gather_s": gather_seconds,  # this worker's forward gathers (the backward all-reduce is in DDP's time)
-    }
-    return loss * scale, log
-
-
-def baseline_loss(outputs: dict, ages: torch.Tensor, genders: torch.Tensor, cfg: Config) -> tuple[torch.Tensor, dict]:
-    """Regression (L1) or DEX (softmax expectation) age loss + gender cross-entropy; DDP averages."""
-    if cfg.train.method == "regression":
-        age_loss = losses.l1_regression_loss(outputs["age"].float(), ages)
-    else:
-        age_loss = losses.dex_loss(outputs["age"].float(), ages)
-    gender_loss = losses.gender_classification_loss(outputs["gender"].float(), genders)
-    _, world = distributed.rank_and_world()
-    summed = distributed.all_reduce_sum(torch.stack([age_loss.detach(), gender_loss.detach()])) / world
-    return age_loss + gender_loss, {"age_loss": summed[0].item(), "gender_loss": summed[1].item()}
 
 
 def write_initial_checkpoint(directory: str, cfg: Config) -> str:
@@ -235,7 +175,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     local_batch = cfg.train.batch_size // world
     epoch_length = steps_per_epoch(loop_config["train_rows"], cfg)
     board = loop_config.get("progress") if rank == 0 else None
-    compute_loss = siamese_loss if cfg.train.method == "siamese" else baseline_loss
+    compute_loss = make_loss(cfg.loss, cfg.train.method)
     started = time.monotonic() - state.elapsed_s
     last_checkpoint = time.monotonic()
     # A run restored after its budget was spent (a rerun of a finished run) takes no more steps.
@@ -251,7 +191,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ages, genders = batch["age"].to(device).long(), batch["gender"].to(device).long()
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
                 outputs = model(images)
-            loss, log = compute_loss(outputs, ages, genders, cfg)
+            loss, log = compute_loss(outputs, ages, genders)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -5,7 +5,7 @@
 
 Each rank holds B / world faces: an age embedding (70) and a gender embedding (10), float32, as
 leaf tensors (no backbone), with seeded ages and genders. One training step's loss,
-`agejobs.train.siamese_loss` with loss.pairs=global, chunk_rows and the compiled kernel: gather
+`agejobs.pair_loss.SiameseLoss` with loss.pairs=global, chunk_rows and the compiled kernel: gather
 the columns with gradient, local rows x global columns in chunks of chunk_rows, backward through
 the all-reduce of the gathered columns' gradient. Per rank: seconds of forward + backward (the
 slowest rank is the step's time) and the peak RSS above the rank's level just before the step
@@ -59,13 +59,14 @@ def rank_step(rank: int, world: int, port: int, local: int, chunk_rows: int, out
     import torch.distributed as dist
 
     from agejobs.config import Config
-    from agejobs.train import siamese_loss
+    from agejobs.pair_loss import make_loss
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = Config()
     cfg.loss.pairs, cfg.loss.chunk_rows, cfg.loss.kernel = "global", chunk_rows, "compiled"
+    loss_fn = make_loss(cfg.loss, "siamese")
     generator = torch.Generator().manual_seed(rank)
 
     def step_inputs(rows: int):
@@ -76,13 +77,13 @@ def rank_step(rank: int, world: int, port: int, local: int, chunk_rows: int, out
     # Compile the block kernels outside the measurement (a once-per-process cost): two sizes, so
     # the second compile is the dynamic-shape kernel every later size reuses.
     for rows in (2 * chunk_rows, 3 * chunk_rows):
-        siamese_loss(*step_inputs(rows), cfg)[0].backward()
+        loss_fn(*step_inputs(rows))[0].backward()
     embeddings, ages, genders = step_inputs(local)
     dist.barrier()
     reset_peak_rss()
     with PeakRss(interval_s=0.002) as rss:
         started = time.perf_counter()
-        loss, log = siamese_loss(embeddings, ages, genders, cfg)
+        loss, log = loss_fn(embeddings, ages, genders)
         loss.backward()
         seconds = time.perf_counter() - started
     dist.barrier()

@@ -73,7 +73,8 @@ def epochs_of_steps(args, images, ages, genders, rank: int = 0, world: int = 1) 
 
     from agejobs.data import to_model_input
     from agejobs.model import build_model_from_config
-    from agejobs.train import make_optimizer, siamese_loss
+    from agejobs.pair_loss import make_loss
+    from agejobs.train import make_optimizer
 
     cfg = bench_config(args, world)
     torch.manual_seed(0)
@@ -81,6 +82,7 @@ def epochs_of_steps(args, images, ages, genders, rank: int = 0, world: int = 1) 
     if dist.is_initialized():
         model = DistributedDataParallel(model)
     optimizer = make_optimizer(model.parameters(), cfg.optim)
+    loss_fn = make_loss(cfg.loss, "siamese")
     images_t, ages_t, genders_t = torch.from_numpy(images), torch.from_numpy(ages), torch.from_numpy(genders)
     local = args.batch // world
     rate = 0.0
@@ -90,7 +92,7 @@ def epochs_of_steps(args, images, ages, genders, rank: int = 0, world: int = 1) 
         for start in range(0, len(order) - args.batch + 1, args.batch):
             index = order[start + rank * local : start + (rank + 1) * local]
             outputs = model(to_model_input(images_t[index], channels_last=cfg.model.channels_last))
-            loss, _ = siamese_loss(outputs, ages_t[index], genders_t[index], cfg)
+            loss, _ = loss_fn(outputs, ages_t[index], genders_t[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

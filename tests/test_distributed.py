@@ -9,8 +9,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from agejobs import losses
 from agejobs.config import Config
-from agejobs.train import siamese_loss
+from agejobs.pair_loss import BaselineLoss, SiameseLoss, make_loss
 
 WORLD, LOCAL_BATCH, FEATURES = 2, 6, 12
 
@@ -53,7 +54,7 @@ def worker(rank, port, pairs, out_dir, chunk_rows=0, kernel="cdist"):
     model = DistributedDataParallel(TwoHeads())
     x, ages, genders = batch()
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
-    loss, log = siamese_loss(model(x[rows]), ages[rows], genders[rows], config(pairs, chunk_rows, kernel))
+    loss, log = make_loss(config(pairs, chunk_rows, kernel).loss, "siamese")(model(x[rows]), ages[rows], genders[rows])
     loss.backward()
     torch.save({"grads": grads(model.module), "log": log}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -75,9 +76,47 @@ pytestmark = pytest.mark.slow
 def single_process():
     model = TwoHeads()
     x, ages, genders = batch()
-    loss, log = siamese_loss(model(x), ages, genders, config("global"))
+    loss, log = make_loss(config("global").loss, "siamese")(model(x), ages, genders)
     loss.backward()
     return grads(model), log
+
+
+@pytest.mark.parametrize("gender_weight", [0.25, 0.0])
+def test_loss_object_from_plain_values_is_the_formula_on_one_process(gender_weight):
+    """On one process: the mean pair loss of age + gender_weight x gender (chunked here, the dense
+    formula as reference), and a log of the unscaled parts of the batch."""
+    x, ages, genders = batch()
+    outputs = TwoHeads()(x)
+    loss_fn = SiameseLoss(age_tolerance=2, q=50.0, gender_weight=gender_weight, pairs="global", chunk_rows=5,
+                          kernel="cdist")
+    loss, log = loss_fn(outputs, ages, genders)
+    age = losses.revised_contrastive_loss(outputs["age"], ages, 2, q=50.0)
+    gender = losses.revised_contrastive_loss(outputs["gender"], genders, 0, q=50.0)
+    torch.testing.assert_close(loss, age + gender_weight * gender, rtol=1e-9, atol=0)
+    assert log["age_loss"] == pytest.approx(age.item(), rel=1e-9)
+    assert log["gender_loss"] == (pytest.approx(gender.item(), rel=1e-9) if gender_weight else 0.0)
+    size = len(ages)
+    positives = int(((ages[:, None] - ages[None, :]).abs() <= 2).sum()) - size  # not a face with itself
+    assert log["positive_pair_ratio"] == pytest.approx(positives / (size * (size - 1)))
+    assert list(log) == ["age_loss", "gender_loss", "positive_pair_ratio", "gather_s"]
+
+
+def test_make_loss_builds_the_configured_loss():
+    cfg = config("local", chunk_rows=3, kernel="cdist")
+    siamese = make_loss(cfg.loss, "siamese")
+    assert isinstance(siamese, SiameseLoss)
+    assert (siamese.age_tolerance, siamese.q, siamese.gender_weight, siamese.pairs, siamese.chunk_rows,
+            siamese.kernel) == (cfg.loss.age_tolerance, cfg.loss.q, cfg.loss.gender_weight, "local", 3, "cdist")
+    x, ages, genders = batch()
+    heads = TwoHeads()(x)
+    outputs = {"age": heads["age"][:, :1], "gender": heads["gender"]}  # a regression head: one age
+    regression = make_loss(cfg.loss, "regression")
+    assert isinstance(regression, BaselineLoss)
+    loss, log = regression(outputs, ages, genders)
+    age = losses.l1_regression_loss(outputs["age"], ages)
+    gender = losses.gender_classification_loss(outputs["gender"], genders)
+    torch.testing.assert_close(loss, (age + gender).float())
+    assert log == pytest.approx({"age_loss": age.item(), "gender_loss": gender.item()})
 
 
 @pytest.mark.parametrize(("chunk_rows", "kernel"), [(0, "cdist"), (4, "cdist"), (4, "compiled")])
@@ -119,7 +158,7 @@ def embeddings_worker(rank, port, out_dir):
     age, gender, ages, genders = embeddings_only_batch()
     rows = slice(rank * LARGE_LOCAL, (rank + 1) * LARGE_LOCAL)
     outputs = {"age": age[rows].clone().requires_grad_(True), "gender": gender[rows].clone().requires_grad_(True)}
-    loss, _ = siamese_loss(outputs, ages[rows], genders[rows], config("global", chunk_rows=7))
+    loss, _ = make_loss(config("global", chunk_rows=7).loss, "siamese")(outputs, ages[rows], genders[rows])
     loss.backward()
     torch.save({name: tensor.grad for name, tensor in outputs.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -130,7 +169,7 @@ def test_eight_ranks_of_embeddings_match_one_process(tmp_path):
     DDP's averaging, and here no DDP averages it)."""
     age, gender, ages, genders = embeddings_only_batch()
     whole = {"age": age.clone().requires_grad_(True), "gender": gender.clone().requires_grad_(True)}
-    siamese_loss(whole, ages, genders, config("global"))[0].backward()
+    make_loss(config("global").loss, "siamese")(whole, ages, genders)[0].backward()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

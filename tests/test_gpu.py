@@ -35,7 +35,7 @@ def test_bf16_autocast_model_with_fp32_pair_loss():
     from agejobs.config import load_config
     from agejobs.data import to_model_input
     from agejobs.model import build_model_from_config
-    from agejobs.train import siamese_loss
+    from agejobs.pair_loss import make_loss
 
     cfg = load_config(None, ["model.backbone=mobilenet_v2", "model.weights=", "data.image_size=64"])
     model = build_model_from_config(cfg.model, "siamese").cuda().to(memory_format=torch.channels_last)
@@ -43,7 +43,8 @@ def test_bf16_autocast_model_with_fp32_pair_loss():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         outputs = model(to_model_input(images, channels_last=True))
     assert outputs["age"].dtype == torch.bfloat16
-    loss, log = siamese_loss(outputs, torch.randint(18, 60, (32,)).cuda(), torch.randint(0, 2, (32,)).cuda(), cfg)
+    loss_fn = make_loss(cfg.loss, cfg.train.method)
+    loss, log = loss_fn(outputs, torch.randint(18, 60, (32,)).cuda(), torch.randint(0, 2, (32,)).cuda())
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
