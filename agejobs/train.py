@@ -1,10 +1,18 @@
-"""Training on Ray Train: the per-worker loop, TrainState, checkpoints, and the TorchTrainer launch.
+"""Training on Ray Train: TrainState, budgets, the per-worker loop in named phases, and the TorchTrainer launch.
 
-    agejobs train -c configs/paper.yaml dataset.source=/data/utkface train.epochs=30
+    agejobs train -c configs/paper.yaml --manifest data/utkface/manifest.parquet train.epochs=30
 
 Each worker streams its shard of the Ray Dataset, computes its local rows of the all-pairs loss
-against the gathered global batch (distributed.py), and DDP averages gradients. A checkpoint is
-model + optimizer + TrainState; `restore_state` is the only place a run resumes from one.
+against the gathered global batch (pair_loss.py, distributed.py), and DDP averages gradients.
+The loop on every worker, `train_loop_per_worker`, is four phases over a `WorkerContext`:
+    setup_worker   config, the seeded model (the same initial weights on every worker), optimizer,
+                   the restored or fresh TrainState and RNG streams, the data shard, the loss
+    train_step     flip, forward (bf16 autocast with train.amp), loss, backward, optimizer step
+    after_step     the fault drill, counts, rank 0's metrics and log line, the budget (a collective
+                   only with a time budget) and the LR it schedules
+    end_epoch      every rank's RNG state into the TrainState, the epoch's report, rank 0's checkpoint
+A checkpoint is model + optimizer + TrainState (its file and readers: checkpoint.py);
+`restore_state` is the only place a run resumes from one.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -146,8 +155,65 @@ def record_step_metrics(log: dict, images: int, images_per_s: float, since_check
             metrics.set_gauge(f"train_{name}", log[name])
 
 
+@dataclass
+class WorkerContext:
+    """One worker's training, as every phase of the loop reads it; built once by `setup_worker`."""
+
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module  # as Ray Train prepared it (DDP with several workers)
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    shard: Any  # this worker's shard of the training split (a Ray Data iterator)
+    local_batch: int
+    epoch_length: int  # steps per epoch, for the budget
+    board: Any  # the driver's progress console on rank 0, else None
+    loss_fn: torch.nn.Module
+    resumed: bool  # a restart from a checkpoint: the fault drill fires in the first attempt only
+    shuffle_buffer_rows: int
+    started: float  # monotonic clock at the start of training, less earlier attempts' time
+    last_checkpoint: float  # monotonic clock at the last checkpoint
+
+    @property
+    def global_batch(self) -> int:
+        return self.local_batch * self.world
+
+
+@dataclass
+class EpochTally:
+    """One epoch so far on this worker: the sum of the steps' logs, steps, faces (all workers')."""
+
+    started: float = field(default_factory=time.monotonic)
+    log: dict = field(default_factory=dict)
+    steps: int = 0
+    samples: int = 0
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: set up, then per epoch the steps and the epoch's end.
+
+    Every rank runs the same collectives in the same order (the loss's, the time budget's, the
+    epoch's); only rank 0 records metrics, logs and writes the checkpoint.
+    """
+    ctx = setup_worker(loop_config)
+    # A run restored after its budget was spent (a rerun of a finished run) takes no more steps.
+    stop = budget_progress(ctx.state, ctx.state.elapsed_s, ctx.cfg, ctx.epoch_length) >= 1.0
+    while ctx.state.epoch < ctx.cfg.train.epochs and not stop:
+        ctx.model.train()
+        tally = EpochTally()
+        for batch in epoch_batches(ctx.shard, ctx.local_batch, ctx.shuffle_buffer_rows, ctx.cfg, ctx.state.epoch,
+                                   ctx.rank):
+            log = train_step(ctx, batch)
+            stop = after_step(ctx, tally, log)
+            if stop:
+                break
+        end_epoch(ctx, tally, stop)
+
+
+def setup_worker(loop_config: dict) -> WorkerContext:
+    """Config, model, optimizer, the restored (or fresh) TrainState and RNG streams, the data shard."""
     import ray.train
     import ray.train.torch
 
@@ -157,99 +223,151 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every worker
     device = ray.train.torch.get_device()
+    model = build_worker_model(cfg, loop_config)
+    optimizer = make_optimizer(model.parameters(), cfg.optim)
+    resumed = ray.train.get_checkpoint() is not None
+    state = restore_state(model, optimizer)
+    if not resumed:
+        seed_worker_rng(cfg.train.seed, rank)  # a different dropout stream per worker
+    return WorkerContext(
+        cfg=cfg, rank=rank, world=world, device=device, model=model, optimizer=optimizer, state=state,
+        shard=ray.train.get_dataset_shard("train"),
+        local_batch=cfg.train.batch_size // world,
+        epoch_length=steps_per_epoch(loop_config["train_rows"], cfg),
+        board=loop_config.get("progress") if rank == 0 else None,
+        loss_fn=make_loss(cfg.loss, cfg.train.method),
+        resumed=resumed,
+        shuffle_buffer_rows=loop_config["shuffle_buffer_rows"],
+        started=time.monotonic() - state.elapsed_s,
+        last_checkpoint=time.monotonic(),
+    )
+
+
+def build_worker_model(cfg: Config, loop_config: dict) -> torch.nn.Module:
+    """The model as initialised from the seed the caller set, prepared by Ray Train (device, DDP)."""
+    import ray.train.torch
+
     model = build_model_from_config(cfg.model, cfg.train.method, cfg.train.max_age)
     if cfg.train.method == "regression":
         # Start at the training mean, as any regression baseline should: from 0, a small-LR
         # optimizer spends its whole budget walking the bias to the age scale.
         with torch.no_grad():
             model.age_head.bias.fill_(loop_config.get("train_age_mean", 0.0))
+    # The age-only model never uses its gender head: DDP must not wait for that head's gradients.
     unused = cfg.train.method == "siamese" and cfg.loss.gender_weight == 0
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
-    optimizer = make_optimizer(model.parameters(), cfg.optim)
-    resumed = ray.train.get_checkpoint() is not None
-    state = restore_state(model, optimizer)
-    if not resumed:
-        seed_worker_rng(cfg.train.seed, rank)  # a different dropout stream per worker
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
 
-    shard = ray.train.get_dataset_shard("train")
-    local_batch = cfg.train.batch_size // world
-    epoch_length = steps_per_epoch(loop_config["train_rows"], cfg)
-    board = loop_config.get("progress") if rank == 0 else None
-    compute_loss = make_loss(cfg.loss, cfg.train.method)
-    started = time.monotonic() - state.elapsed_s
-    last_checkpoint = time.monotonic()
-    # A run restored after its budget was spent (a rerun of a finished run) takes no more steps.
-    stop = budget_progress(state, state.elapsed_s, cfg, epoch_length) >= 1.0
-    while state.epoch < cfg.train.epochs and not stop:
-        model.train()
-        epoch_log: dict[str, float] = {}
-        epoch_steps, epoch_started, epoch_samples = 0, time.monotonic(), 0
-        for batch in epoch_batches(shard, local_batch, loop_config["shuffle_buffer_rows"], cfg, state.epoch, rank):
-            faces = random_flip(batch["image"].to(device, non_blocking=True))
-            images = to_model_input(faces, channels_last=cfg.model.channels_last)
-            # int64: gloo's collectives reject the manifest's int16/int8 label types.
-            ages, genders = batch["age"].to(device).long(), batch["gender"].to(device).long()
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
-                outputs = model(images)
-            loss, log = compute_loss(outputs, ages, genders)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state.step += 1
-            if cfg.train.fail_at_step and state.step == cfg.train.fail_at_step and not resumed and rank == world - 1:
-                logger.warning(f"[train] fault drill: worker {rank} exits at step {state.step}")
-                os._exit(1)
-            epoch_steps += 1
-            epoch_samples += local_batch * world
-            state.samples_seen += local_batch * world
-            for key, value in log.items():
-                epoch_log[key] = epoch_log.get(key, 0.0) + value
-            rate = epoch_samples / max(time.monotonic() - epoch_started, 1e-9)
-            if rank == 0:
-                record_step_metrics(log, local_batch * world, rate, time.monotonic() - last_checkpoint)
-            if rank == 0 and cfg.train.log_every_steps and state.step % cfg.train.log_every_steps == 0:
-                parts = " ".join(f"{k}={v:.4g}" for k, v in log.items())
-                logger.info(f"[train] epoch {state.epoch + 1} step {state.step} {parts} images/s={rate:.1f}")
-            # Workers' clocks differ: with a time budget the slowest one's elapsed time drives the
-            # LR and the stop, so every worker takes the same decision at the same step. Without
-            # one, progress is step-based and identical everywhere: no collective needed.
-            elapsed = 0.0
-            if cfg.train.max_time_s:
-                elapsed = distributed.all_reduce_max(torch.tensor([time.monotonic() - started], device=device)).item()
-            progress.post_step(board, state.step)
-            used = budget_progress(state, elapsed, cfg, epoch_length)
-            for group in optimizer.param_groups:
-                group["lr"] = scheduled_lr(cfg.optim.lr, used, cfg.train.lr_schedule)
-            if used >= 1.0 and (cfg.train.max_steps or cfg.train.max_time_s):
-                stop = True
-                break
-        # The global rate uses the slowest worker's clock: a worker that started its epoch early
-        # (and then waited for rank 0 to write the last checkpoint) counts that wait.
-        epoch_seconds = distributed.all_reduce_max(
-            torch.tensor([time.monotonic() - epoch_started], dtype=torch.float64, device=device)).item()
-        state.epoch += 1
-        state.elapsed_s = time.monotonic() - started
-        state.rng_per_rank = distributed.gather_objects(capture_rng())
-        report = {key: value / max(epoch_steps, 1) for key, value in epoch_log.items()}
-        report.update(
-            epoch=state.epoch,
-            epoch_steps=epoch_steps,
-            step=state.step,
-            samples_seen=state.samples_seen,
-            images_per_s=epoch_samples / max(epoch_seconds, 1e-9),
-            stopped_early=bool(stop),
-        )
-        progress.post_epoch(board, report)
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint = None
-            if rank == 0:
-                save_checkpoint(directory, model, optimizer, state, cfg)
-                checkpoint = ray.train.Checkpoint.from_directory(directory)
-                logger.info(f"[train] epoch {state.epoch} done: " + ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float)))
-            ray.train.report(report, checkpoint=checkpoint)
-        last_checkpoint = time.monotonic()
-        if rank == 0:
-            metrics.set_gauge("train_epoch", state.epoch)
+
+def train_step(ctx: WorkerContext, batch: dict) -> dict:
+    """One optimizer step on this worker's batch; returns the loss's log (global-batch values)."""
+    faces = random_flip(batch["image"].to(ctx.device, non_blocking=True))
+    images = to_model_input(faces, channels_last=ctx.cfg.model.channels_last)
+    # int64: gloo's collectives reject the manifest's int16/int8 label types.
+    ages, genders = batch["age"].to(ctx.device).long(), batch["gender"].to(ctx.device).long()
+    with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.cfg.train.amp):
+        outputs = ctx.model(images)
+    loss, log = ctx.loss_fn(outputs, ages, genders)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.optimizer.step()
+    ctx.state.step += 1
+    return log
+
+
+def after_step(ctx: WorkerContext, tally: EpochTally, log: dict) -> bool:
+    """The bookkeeping of a step taken: the fault drill, counts, rank 0's metrics and log line, the
+    budget and the LR it schedules. True when the budget (steps or time) is spent."""
+    fault_drill(ctx)
+    tally.steps += 1
+    tally.samples += ctx.global_batch
+    ctx.state.samples_seen += ctx.global_batch
+    for key, value in log.items():
+        tally.log[key] = tally.log.get(key, 0.0) + value
+    if ctx.rank == 0:
+        record_step(ctx, tally, log)
+    elapsed = shared_elapsed_s(ctx)
+    progress.post_step(ctx.board, ctx.state.step)
+    used = budget_progress(ctx.state, elapsed, ctx.cfg, ctx.epoch_length)
+    for group in ctx.optimizer.param_groups:
+        group["lr"] = scheduled_lr(ctx.cfg.optim.lr, used, ctx.cfg.train.lr_schedule)
+    return used >= 1.0 and bool(ctx.cfg.train.max_steps or ctx.cfg.train.max_time_s)
+
+
+def fault_drill(ctx: WorkerContext) -> None:
+    """train.fail_at_step: the last worker dies at that step of the first attempt, so that Ray Train
+    restarts the group from the last checkpoint (tests/test_fault_tolerance.py)."""
+    at = ctx.cfg.train.fail_at_step
+    if at and ctx.state.step == at and not ctx.resumed and ctx.rank == ctx.world - 1:
+        logger.warning(f"[train] fault drill: worker {ctx.rank} exits at step {ctx.state.step}")
+        os._exit(1)
+
+
+def record_step(ctx: WorkerContext, tally: EpochTally, log: dict) -> None:
+    """Rank 0's view of a step: the Prometheus metrics, and every train.log_every_steps a log line."""
+    rate = tally.samples / max(time.monotonic() - tally.started, 1e-9)
+    record_step_metrics(log, ctx.global_batch, rate, time.monotonic() - ctx.last_checkpoint)
+    every = ctx.cfg.train.log_every_steps
+    if every and ctx.state.step % every == 0:
+        parts = " ".join(f"{k}={v:.4g}" for k, v in log.items())
+        logger.info(f"[train] epoch {ctx.state.epoch + 1} step {ctx.state.step} {parts} images/s={rate:.1f}")
+
+
+def shared_elapsed_s(ctx: WorkerContext) -> float:
+    """Training seconds for the budget: the slowest worker's, with a time budget; else 0.
+
+    Workers' clocks differ: with a time budget the slowest one's elapsed time drives the LR and
+    the stop, so every worker takes the same decision at the same step. Without one, progress is
+    step-based and identical everywhere: no collective needed.
+    """
+    if not ctx.cfg.train.max_time_s:
+        return 0.0
+    return distributed.all_reduce_max(torch.tensor([time.monotonic() - ctx.started], device=ctx.device)).item()
+
+
+def end_epoch(ctx: WorkerContext, tally: EpochTally, stopped_early: bool) -> None:
+    """An epoch's end on every worker: the TrainState (with every rank's RNG streams), the report,
+    rank 0's checkpoint."""
+    # The global rate uses the slowest worker's clock: a worker that started its epoch early
+    # (and then waited for rank 0 to write the last checkpoint) counts that wait.
+    epoch_seconds = distributed.all_reduce_max(
+        torch.tensor([time.monotonic() - tally.started], dtype=torch.float64, device=ctx.device)).item()
+    ctx.state.epoch += 1
+    ctx.state.elapsed_s = time.monotonic() - ctx.started
+    ctx.state.rng_per_rank = distributed.gather_objects(capture_rng())
+    report = epoch_report(ctx.state, tally, epoch_seconds, stopped_early)
+    progress.post_epoch(ctx.board, report)
+    save_and_report(ctx, report)
+    ctx.last_checkpoint = time.monotonic()
+    if ctx.rank == 0:
+        metrics.set_gauge("train_epoch", ctx.state.epoch)
+
+
+def epoch_report(state: TrainState, tally: EpochTally, epoch_seconds: float, stopped_early: bool) -> dict:
+    """Ray Train's metrics for an epoch: the mean of the steps' logs, counts and the global rate."""
+    report = {key: value / max(tally.steps, 1) for key, value in tally.log.items()}
+    report.update(
+        epoch=state.epoch,
+        epoch_steps=tally.steps,
+        step=state.step,
+        samples_seen=state.samples_seen,
+        images_per_s=tally.samples / max(epoch_seconds, 1e-9),
+        stopped_early=bool(stopped_early),
+    )
+    return report
+
+
+def save_and_report(ctx: WorkerContext, report: dict) -> None:
+    """Rank 0 writes the checkpoint; every rank reports, since Ray Train waits for all of them."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if ctx.rank == 0:
+            save_checkpoint(directory, ctx.model, ctx.optimizer, ctx.state, ctx.cfg)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+            summary = ", ".join(f"{k}={v:.4g}" for k, v in report.items() if isinstance(v, float))
+            logger.info(f"[train] epoch {ctx.state.epoch} done: " + summary)
+        ray.train.report(report, checkpoint=checkpoint)
 
 
 def epoch_batches(shard, local_batch: int, shuffle_buffer_rows: int, cfg: Config, epoch: int, rank: int):
@@ -260,7 +378,8 @@ def epoch_batches(shard, local_batch: int, shuffle_buffer_rows: int, cfg: Config
         batch_size=local_batch,
         drop_last=True,
         local_shuffle_buffer_size=shuffle_buffer_rows or None,
-        local_shuffle_seed=int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0]) if shuffle_buffer_rows else None,
+        local_shuffle_seed=(int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0])
+                            if shuffle_buffer_rows else None),
         pin_memory=cfg.train.use_gpu,
     )
 
