@@ -13,36 +13,31 @@ Rows go into the shards in a seeded random permutation of the manifest (`row_ord
 recorded in the plan), whatever the manifest's order: every shard and row group is then a
 uniform sample of the faces, which is what training's streaming shuffle relies on (data.py).
 
-A shard is finished when its done-marker exists, so a rerun (after a crash, or nightly on the
-same plan) skips finished shards and redoes only the rest. The plan is fixed by the manifest and
-the target size, and a rerun refuses a plan that no longer matches. Every manifest row ends in
-exactly one shard or one errors table: rows_in == rows_ok + rows_rejected per shard and in total.
+Each shard is written by shards.write_shard (errors table, shard, done-marker, in that order). A shard is finished when its done-marker
+exists, so a rerun (after a crash, or nightly on the same plan) skips finished shards and redoes
+only the rest. The plan is fixed by the manifest and the target size, and a rerun refuses a plan
+that no longer matches (shards.load_or_record_plan). Every manifest row ends in exactly one shard
+or one errors table: rows_in == rows_ok + rows_rejected per shard and in total.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agejobs import storage
-from agejobs.datasets.manifest import (
-    MANIFEST_SCHEMA,
-    Rejected,
-    errors_to_table,
-    read_manifest,
-    record_rows,
-    write_table_atomic,
-)
+from agejobs import shards, storage
+from agejobs.datasets.manifest import MANIFEST_SCHEMA, Rejected, errors_to_table, read_manifest, record_rows
 from agejobs.images import ImageDecodeError, decode_image, reason_class_of
+from agejobs.shards import errors_uri, shard_uri  # pack.shard_uri / pack.errors_uri for its readers
 
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "pack.json"
+PLAN_INDENT = 1  # a few scalars: one per line, for people
 SHARD_SCHEMA = MANIFEST_SCHEMA.insert(2, pa.field("image_bytes", pa.binary()))
 STAGE_READ, STAGE_DECODE = "pack-read", "pack-decode"
 # Row groups of a few hundred faces keep a streaming reader's memory flat within a 64 MB shard.
@@ -75,24 +70,16 @@ class PackPlan:
         return np.random.default_rng(self.row_order_seed).permutation(self.rows)
 
 
-def shard_uri(out_uri: str, index: int) -> str:
-    return storage.join(out_uri, storage.shard_name(index))
-
-
-def errors_uri(out_uri: str, index: int) -> str:
-    return storage.join(out_uri, storage.shard_name(index, ".errors.parquet"))
-
-
 def is_pack(uri: str) -> bool:
     return storage.exists(storage.join(uri, PLAN_FILE))
 
 
 def write_plan(out_uri: str, plan: PackPlan) -> None:
-    storage.write_bytes_atomic(storage.join(out_uri, PLAN_FILE), json.dumps(asdict(plan), indent=1).encode())
+    shards.record_plan(storage.join(out_uri, PLAN_FILE), plan, PLAN_INDENT)
 
 
 def read_plan(out_uri: str) -> PackPlan:
-    return PackPlan(**json.loads(storage.read_bytes(storage.join(out_uri, PLAN_FILE))))
+    return shards.read_plan(storage.join(out_uri, PLAN_FILE), PackPlan)
 
 
 def _mean_file_bytes(paths: list[str]) -> float:
@@ -144,15 +131,50 @@ def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -
 
 
 def write_shard(packed: list[dict], rejected: list[Rejected], out_uri: str, index: int) -> dict:
-    """Shard `index` of a pack from its rows (SHARD_SCHEMA) and its rejected inputs: errors
-    table, shard, then its done-marker. Also how a generator writes a pack without loose files."""
+    """Shard `index` of a pack from its rows (SHARD_SCHEMA) and its rejected inputs (see
+    shards.write_shard). Also how a generator writes a pack without loose files."""
     counts = {"rows_in": len(packed) + len(rejected), "rows_ok": len(packed), "rows_rejected": len(rejected)}
-    write_table_atomic(errors_to_table(rejected), errors_uri(out_uri, index))
     shard = pa.Table.from_pylist(packed, schema=SHARD_SCHEMA)
-    write_table_atomic(shard, shard_uri(out_uri, index), row_group_size=ROW_GROUP_ROWS)
-    storage.mark_done(shard_uri(out_uri, index), json.dumps(counts).encode())
+    shards.write_shard(out_uri, index, shard, errors_to_table(rejected), counts, row_group_size=ROW_GROUP_ROWS)
     record_rows("pack", counts["rows_in"], rejected)
     return counts
+
+
+def load_or_make_plan(manifest: pa.Table, manifest_uri: str, out_uri: str, target_shard_bytes: int,
+                      verify_images: bool) -> PackPlan:
+    """The recorded plan (its sharding keeps finished shards valid), or a new one, recorded."""
+    rows = manifest.num_rows
+
+    def refusal(recorded: PackPlan) -> str:
+        return (
+            f"{out_uri} holds a pack of {recorded.source} ({recorded.rows} rows, target "
+            f"{recorded.target_shard_bytes} B); refusing to mix it with {manifest_uri} ({rows} rows, "
+            f"target {target_shard_bytes} B). Use a new output prefix."
+        )
+
+    return shards.load_or_record_plan(
+        storage.join(out_uri, PLAN_FILE), PackPlan,
+        {"source": manifest_uri, "rows": rows, "target_shard_bytes": target_shard_bytes},
+        lambda: make_plan(manifest, manifest_uri, target_shard_bytes, verify_images), refusal, PLAN_INDENT,
+    )
+
+
+def _pack_on_ray(todo: list[int], arguments, num_shards: int, max_in_flight: int) -> dict[int, dict]:
+    """pack_shard(*arguments(index)) for every index as Ray tasks, at most `max_in_flight` at
+    once; a shard's rows are sliced only when its task starts, so the slices never all coexist."""
+    import ray
+
+    remote_pack = ray.remote(num_cpus=1, max_retries=3)(pack_shard)
+    results, pending, queue = {}, {}, list(todo)
+    while queue or pending:
+        while queue and len(pending) < max_in_flight:
+            index = queue.pop(0)
+            pending[remote_pack.remote(*arguments(index))] = index
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        index = pending.pop(ready[0])
+        results[index] = ray.get(ready[0])
+        log.info("shard %d/%d done: %s", index + 1, num_shards, results[index])
+    return results
 
 
 def pack(
@@ -166,21 +188,8 @@ def pack(
     """Pack every unfinished shard (Ray tasks with `runner="ray"`, in this process with
     "inline"); returns totals and how many shards were skipped as already done."""
     manifest = read_manifest(manifest_uri)
-    plan = make_plan(manifest, manifest_uri, target_shard_bytes, verify_images)
-    plan_uri = storage.join(out_uri, PLAN_FILE)
-    if storage.exists(plan_uri):
-        existing = read_plan(out_uri)
-        if (existing.source, existing.rows, existing.target_shard_bytes) != (plan.source, plan.rows, plan.target_shard_bytes):
-            raise ValueError(
-                f"{out_uri} holds a pack of {existing.source} ({existing.rows} rows, target "
-                f"{existing.target_shard_bytes} B); refusing to mix it with {manifest_uri} ({plan.rows} rows, "
-                f"target {target_shard_bytes} B). Use a new output prefix."
-            )
-        plan = existing  # same inputs: keep the recorded sharding so finished shards stay valid
-    else:
-        write_plan(out_uri, plan)
-
-    results = {index: storage.done_summary(shard_uri(out_uri, index)) for index in range(plan.num_shards)}
+    plan = load_or_make_plan(manifest, manifest_uri, out_uri, target_shard_bytes, verify_images)
+    results = dict(enumerate(shards.done_counts(out_uri, plan.num_shards)))
     todo = [index for index, counts in results.items() if counts is None]
     skipped = plan.num_shards - len(todo)
     log.info("pack %s -> %s: %d shards, %d already done", manifest_uri, out_uri, plan.num_shards, skipped)
@@ -189,19 +198,10 @@ def pack(
         for index in todo:
             results[index] = pack_shard(shard_slice(manifest, plan, index, order), out_uri, plan, index)
     elif runner == "ray":
-        import ray
+        def arguments(index: int) -> tuple:
+            return shard_slice(manifest, plan, index, order), out_uri, plan, index
 
-        remote_pack = ray.remote(num_cpus=1, max_retries=3)(pack_shard)
-        pending: dict = {}
-        queue = list(todo)
-        while queue or pending:
-            while queue and len(pending) < max_in_flight:
-                index = queue.pop(0)
-                pending[remote_pack.remote(shard_slice(manifest, plan, index, order), out_uri, plan, index)] = index
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready[0])
-            results[index] = ray.get(ready[0])
-            log.info("shard %d/%d done: %s", index + 1, plan.num_shards, results[index])
+        results.update(_pack_on_ray(todo, arguments, plan.num_shards, max_in_flight))
     else:
         raise ValueError(f"runner must be 'ray' or 'inline', got {runner!r}")
     totals = {key: sum(counts[key] for counts in results.values()) for key in ("rows_in", "rows_ok", "rows_rejected")}
@@ -211,7 +211,7 @@ def pack(
 def done_shards(pack_uri: str) -> list[str]:
     """URIs of the shards of a COMPLETE pack; an unfinished pack is an error naming it."""
     plan = read_plan(pack_uri)
-    missing = [index for index in range(plan.num_shards) if not storage.is_done(shard_uri(pack_uri, index))]
+    missing = shards.not_done(pack_uri, plan.num_shards)
     if missing:
         raise ValueError(
             f"{pack_uri}: pack is unfinished ({len(missing)} of {plan.num_shards} shards not done, "

@@ -4,7 +4,7 @@
       -> input shards: a pack's own shards; loose files sorted by name, `score.shard_images` each
       -> Ray Data: read row groups (tasks) -> DecodeFaces (actors) -> Embedder (actors, GPU if given)
                    -> SearchGallery (actors, each loading the ScaNN index from the gallery directory)
-      -> driver: rows grouped by input shard; a complete shard is written, its done-marker last
+      -> driver: rows grouped by input shard; a complete shard is written by shards.write_shard
 
     OUT/RUN_ID/inputs.json                  the plan: source, kind, rows per shard    (written first)
     OUT/RUN_ID/inputs.parquet               loose archives only: input_shard, image_id, path; one
@@ -18,11 +18,12 @@
     OUT/RUN_ID/shard-00000.parquet.done     {"rows_in", "scored", "errors"}            (LAST)
     OUT/RUN_ID/run.json                     totals, once every shard is done
 
-Exactly once: a shard's files are written whole (atomically) only when all of its input rows have
-arrived, and it counts as done only once its marker exists. A killed run leaves whole shards and
-no marker-less half-shards that count; a rerun (same RUN_ID) skips done shards and redoes the
-rest, so each input lands in exactly one output or error row. The plan is fixed at the first run:
-a rerun scores the same archive snapshot even if files were added since.
+Exactly once: a shard's files are written whole (atomically, errors table, shard, done-marker:
+shards.py) only when all of its input rows have arrived, and it counts as done only once its
+marker exists. A killed run leaves whole shards and no marker-less half-shards that count; a rerun
+(same RUN_ID) skips done shards and redoes the rest, so each input lands in exactly one output or
+error row. The plan is fixed at the first run (shards.load_or_record_plan): a rerun scores the
+same archive snapshot even if files were added since, and a rerun on another archive is refused.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from agejobs import metrics, pack, storage
+from agejobs import metrics, pack, shards, storage
 from agejobs.config import Config, ResourcesConfig
 from agejobs.data import DecodeFaces, read_row_groups
-from agejobs.datasets.manifest import write_table_atomic
 from agejobs.checkpoint import checkpoint_identity
 from agejobs.gallery import Embedder, check_gallery_matches, load_gallery, read_gallery_manifest
 from agejobs.images import Preprocessing
@@ -118,19 +118,16 @@ def make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
 
 
 def load_or_make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
-    plan_uri = storage.join(run_uri, PLAN_FILE)
-    if storage.exists(plan_uri):
-        plan = ScorePlan(**json.loads(storage.read_bytes(plan_uri)))
-        if plan.source != source_uri:
-            raise ValueError(f"run {run_uri} scores {plan.source}, not {source_uri}: use another run id or output")
-        return plan
-    plan = make_plan(source_uri, run_uri, shard_images)
-    storage.write_bytes_atomic(plan_uri, json.dumps(plan.__dict__).encode())
-    return plan
+    """The run's recorded plan (an archive snapshot), or a new one, recorded."""
+    return shards.load_or_record_plan(
+        storage.join(run_uri, PLAN_FILE), ScorePlan, {"source": source_uri},
+        lambda: make_plan(source_uri, run_uri, shard_images),
+        lambda recorded: f"run {run_uri} scores {recorded.source}, not {source_uri}: use another run id or output",
+    )
 
 
 # Output files are named like a pack's: shard-NNNNN.parquet, .errors.parquet, .parquet.done.
-output_uri, errors_uri = pack.shard_uri, pack.errors_uri
+output_uri, errors_uri = shards.shard_uri, shards.errors_uri
 
 
 def read_input_rows(batch: dict, columns: list[str]):
@@ -209,39 +206,9 @@ class ShardWriter:
         self.seen.pop(index)
         columns = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]} if parts else {}
         ok = columns["error"].astype(str) == "" if parts else np.zeros(0, dtype=bool)
-
-        def column(name: str, mask: np.ndarray, dtype) -> pa.Array:
-            values = columns[name][mask] if parts else []
-            return pa.array(np.asarray(values).astype(str) if dtype == pa.string() else values, dtype)
-
-        scored, failed = int(ok.sum()), int((~ok).sum())
-        scored_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        predictions = pa.table({
-            "input_shard": pa.array(np.full(scored, index, dtype=np.int32)),
-            "image_id": column("image_id", ok, pa.string()),
-            "path": column("path", ok, pa.string()),
-            "predicted_age": column("predicted_age", ok, pa.float32()),
-            "age_spread": column("age_spread", ok, pa.float32()),
-            "predicted_gender": column("predicted_gender", ok, pa.int8()),
-            "gender_vote_share": column("gender_vote_share", ok, pa.float32()),
-            "face_outcome": column("face_outcome", ok, pa.string()),
-            "faces_found": column("faces_found", ok, pa.int16()),
-            **{name: pa.array([value] * scored, pa.string()) for name, value in self.stamp.items()},
-            "scored_at": pa.array([scored_at] * scored, pa.string()),
-        })
-        errors = pa.table({
-            "input_shard": pa.array(np.full(failed, index, dtype=np.int32)),
-            "image_id": column("image_id", ~ok, pa.string()),
-            "path": column("path", ~ok, pa.string()),
-            "stage": pa.array([STAGE_DECODE] * failed, pa.string()),
-            "reason": column("error", ~ok, pa.string()),
-            "reason_class": column("error_class", ~ok, pa.string()),
-            "face_outcome": column("face_outcome", ~ok, pa.string()),
-        })
-        write_table_atomic(errors, errors_uri(self.run_uri, index))
-        write_table_atomic(predictions, output_uri(self.run_uri, index))
-        counts = {"rows_in": scored + failed, "scored": scored, "errors": failed}
-        storage.mark_done(output_uri(self.run_uri, index), json.dumps(counts).encode())
+        predictions, errors = _prediction_table(columns, ok, index, self.stamp), _error_table(columns, ok, index)
+        counts = {"rows_in": len(ok), "scored": predictions.num_rows, "errors": errors.num_rows}
+        shards.write_shard(self.run_uri, index, predictions, errors, counts)
         self.written.append(index)
         metrics.inc("score_shards_done")
         metrics.set_gauge("score_run_shards_done", self.plan.num_shards - len(self.parts))
@@ -252,8 +219,42 @@ class ShardWriter:
             os._exit(3)
 
 
-def shard_counts(run_uri: str, index: int) -> dict | None:
-    return storage.done_summary(output_uri(run_uri, index))
+def _column(columns: dict[str, np.ndarray], name: str, mask: np.ndarray, dtype) -> pa.Array:
+    values = columns[name][mask] if columns else []
+    return pa.array(np.asarray(values).astype(str) if dtype == pa.string() else values, dtype)
+
+
+def _prediction_table(columns: dict[str, np.ndarray], ok: np.ndarray, index: int, stamp: dict) -> pa.Table:
+    """Input shard `index`'s scored rows (`ok`) as an output shard, stamped with model, gallery and run."""
+    scored = int(ok.sum())
+    scored_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return pa.table({
+        "input_shard": pa.array(np.full(scored, index, dtype=np.int32)),
+        "image_id": _column(columns, "image_id", ok, pa.string()),
+        "path": _column(columns, "path", ok, pa.string()),
+        "predicted_age": _column(columns, "predicted_age", ok, pa.float32()),
+        "age_spread": _column(columns, "age_spread", ok, pa.float32()),
+        "predicted_gender": _column(columns, "predicted_gender", ok, pa.int8()),
+        "gender_vote_share": _column(columns, "gender_vote_share", ok, pa.float32()),
+        "face_outcome": _column(columns, "face_outcome", ok, pa.string()),
+        "faces_found": _column(columns, "faces_found", ok, pa.int16()),
+        **{name: pa.array([value] * scored, pa.string()) for name, value in stamp.items()},
+        "scored_at": pa.array([scored_at] * scored, pa.string()),
+    })
+
+
+def _error_table(columns: dict[str, np.ndarray], ok: np.ndarray, index: int) -> pa.Table:
+    """Input shard `index`'s failed rows (not `ok`) as its errors table."""
+    failed = ~ok
+    return pa.table({
+        "input_shard": pa.array(np.full(int(failed.sum()), index, dtype=np.int32)),
+        "image_id": _column(columns, "image_id", failed, pa.string()),
+        "path": _column(columns, "path", failed, pa.string()),
+        "stage": pa.array([STAGE_DECODE] * int(failed.sum()), pa.string()),
+        "reason": _column(columns, "error", failed, pa.string()),
+        "reason_class": _column(columns, "error_class", failed, pa.string()),
+        "face_outcome": _column(columns, "face_outcome", failed, pa.string()),
+    })
 
 
 def finished_run(run_uri: str, stamp: dict) -> dict | None:
@@ -333,9 +334,11 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     gallery_manifest = read_gallery_manifest(gallery_uri)
     check_gallery_matches(gallery_manifest, gallery_uri, checkpoint, fingerprint)  # before any work
     plan = load_or_make_plan(source_uri, run_uri, cfg.score.shard_images)
-    pending = [index for index in range(plan.num_shards) if shard_counts(run_uri, index) is None]
-    log.info("score %s -> %s: %d input shards, %d already done", source_uri, run_uri, plan.num_shards, plan.num_shards - len(pending))
-    stamp = {"model_version": fingerprint[:16], "gallery_version": gallery_manifest["gallery_version"], "run_id": run_id}
+    pending = shards.not_done(run_uri, plan.num_shards)
+    done = plan.num_shards - len(pending)
+    log.info("score %s -> %s: %d input shards, %d already done", source_uri, run_uri, plan.num_shards, done)
+    stamp = {"model_version": fingerprint[:16], "gallery_version": gallery_manifest["gallery_version"],
+             "run_id": run_id}
     finished = finished_run(run_uri, stamp) if not pending else None
     if finished is not None:  # a rerun of a finished night writes nothing, run.json included
         return {**finished, "shards_skipped": plan.num_shards, "shards_written": 0, "first_output_s": None,
@@ -347,7 +350,7 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     if writer.parts:
         missing = sorted(writer.parts)
         raise RuntimeError(f"run {run_uri}: input shards {missing[:5]} did not receive all their rows")
-    counts = [shard_counts(run_uri, index) for index in range(plan.num_shards)]
+    counts = shards.done_counts(run_uri, plan.num_shards)
     totals = {key: sum(c[key] for c in counts) for key in ("rows_in", "scored", "errors")}
     summary = {
         "run_id": run_id, "source": source_uri, "shards": plan.num_shards, "shards_skipped": plan.num_shards - len(pending),

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import metrics, storage
+from agejobs.shards import write_table_atomic, write_tables  # noqa: F401  (write_table_atomic: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +132,15 @@ def record_rows(stage: str, rows_read: int, rejected: list[Rejected]) -> None:
 def write_import(result: ImportResult, out_dir: str) -> dict:
     """Write OUT/errors.parquet then OUT/manifest.parquet (local path or URI); return the counts.
 
-    The manifest goes last so that a reader who finds it also finds its complete errors table.
-    The split protocol, fraction and seed are recorded in the manifest's metadata.
+    The manifest goes last so that a reader who finds it also finds its complete errors table
+    (shards.write_tables; no done-marker: the manifest is the last file). The split protocol,
+    fraction and seed are recorded in the manifest's metadata.
     """
-    write_table_atomic(errors_to_table(result.rejected), storage.join(out_dir, "errors.parquet"))
     split = {"protocol": result.split.protocol, "test_fraction": result.split.test_fraction, "seed": result.split.seed}
     metadata = dict(result.table.schema.metadata or {})
     metadata[SPLIT_METADATA_KEY] = json.dumps(split).encode()
-    write_table_atomic(result.table.replace_schema_metadata(metadata), storage.join(out_dir, "manifest.parquet"))
+    write_tables(storage.join(out_dir, "manifest.parquet"), result.table.replace_schema_metadata(metadata),
+                 storage.join(out_dir, "errors.parquet"), errors_to_table(result.rejected))
     counts = result.counts()
     record_rows("import", counts["rows_in"], result.rejected)
     log.info("import -> %s: %s; rejected by stage %s", out_dir, counts, rejected_by_stage(result.rejected))
@@ -203,14 +205,6 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
 
 def errors_to_table(rejected: list[Rejected]) -> pa.Table:
     return pa.Table.from_pylist([r.__dict__ for r in rejected], schema=ERRORS_SCHEMA)
-
-
-def write_table_atomic(table: pa.Table, uri: str, **write_options) -> None:
-    """Write Parquet so that a reader never sees half a file (any local path or URI);
-    `write_options` go to pyarrow's write_table (e.g. row_group_size)."""
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer, **write_options)
-    storage.write_bytes_atomic(uri, buffer.getvalue().to_pybytes())
 
 
 def read_manifest(path: str) -> pa.Table:
