@@ -13,8 +13,8 @@ config's data.* (images.Preprocessing) and, after training, by the checkpoint's.
 
 Decoding and resizing run in Ray Data on CPU (so CPU nodes can feed GPU trainers) and ship uint8
 (4x smaller than float); `to_model_input` normalizes on the model's device and `random_flip`
-augments there. A face that cannot be decoded becomes a row with a non-empty `error`, never an
-exception that kills the job.
+augments there. A face that cannot be read or decoded becomes a row with a non-empty `error` and
+its `error_class` (images.decode_or_reason), never an exception that kills the job.
 
 The training shuffle: batches must be mixed as a random permutation mixes them, whatever the
 order of the source (importers list files by name, and UTKFace's names begin with the age).
@@ -37,15 +37,7 @@ import numpy as np
 
 from agejobs import metrics, pack, storage
 from agejobs.config import ResourcesConfig, StageResources
-from agejobs.images import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ImageDecodeError,
-    NoFaceError,
-    Preprocessing,
-    preprocess_face,
-    reason_class_of,
-)
+from agejobs.images import IMAGENET_MEAN, IMAGENET_STD, NoFaceError, Preprocessing, decode_or_reason, preprocess_face
 
 LABEL_COLUMNS = ("image_id", "age", "gender")
 # Carried through decoding untouched: where a face came from (scoring writes it out per input shard).
@@ -88,19 +80,15 @@ class DecodeFaces:
         size = self.preprocessing.size
         images = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
         errors, classes, outcomes, faces = [], [], [], np.zeros(len(paths), dtype=np.int16)
-        for index, path in enumerate(paths):
-            try:
-                data = packed_bytes[index] if packed_bytes is not None else storage.read_bytes(path)
-                face = preprocess_face(data, self.preprocessing, path)
-                images[index], faces[index] = face.image, face.faces
-                errors.append("")
-                classes.append("")
-                outcomes.append(face.outcome)
-            except (ImageDecodeError, OSError) as error:
-                errors.append(str(error))
-                classes.append(reason_class_of(error))
-                # "": never got as far as looking for a face
-                outcomes.append("no_face" if isinstance(error, NoFaceError) else "")
+        read = packed_bytes if packed_bytes is not None else storage.read_bytes
+        for index, result in enumerate(decode_or_reason(paths, read, self._preprocess)):
+            errors.append(result.reason)
+            classes.append(result.reason_class)
+            if result.error is None:
+                images[index], faces[index] = result.value.image, result.value.faces
+                outcomes.append(result.value.outcome)
+            else:  # "": never got as far as looking for a face
+                outcomes.append("no_face" if isinstance(result.error, NoFaceError) else "")
         for outcome in set(outcomes) - {""}:  # "": undecodable, never searched
             metrics.inc("face_outcomes", outcomes.count(outcome), outcome=outcome)
         out = {name: np.asarray(batch[name]) for name in LABEL_COLUMNS + SOURCE_COLUMNS if name in batch}
@@ -110,6 +98,9 @@ class DecodeFaces:
         out["face_outcome"] = np.asarray(outcomes, dtype=object)
         out["faces_found"] = faces
         return out
+
+    def _preprocess(self, data: bytes, source: str):
+        return preprocess_face(data, self.preprocessing, source)
 
 
 def as_preprocessing(preprocessing: Preprocessing | int) -> Preprocessing:

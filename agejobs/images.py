@@ -4,8 +4,10 @@
                                             (align.py: none | box | landmarks) -> size x size
 
 Pure functions of the bytes, with no Ray and no torch, so every stage calls the same code.
-Every bad input raises ImageDecodeError (a ValueError) whose message is "<source>: <reason>";
-the Ray Data stage turns it into an error row. What each kind of input becomes:
+Every bad input raises ImageDecodeError (a ValueError) whose message is "<source>: <reason>".
+`decode_or_reason` is the one read -> decode loop that turns it (or a failed read) into an
+outcome with its message and reason class, from which data.DecodeFaces, verify.CheckDecodable and
+pack.pack_shard write their error rows. What each kind of input becomes:
 
 | input                                          | outcome                                          |
 |------------------------------------------------|--------------------------------------------------|
@@ -38,6 +40,8 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +75,51 @@ def reason_class_of(error: Exception) -> str:
     if isinstance(error, ImageDecodeError):
         return error.reason_class
     return "missing" if isinstance(error, FileNotFoundError) else "other"
+
+
+READ, DECODE = "read", "decode"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one input of `decode_or_reason`."""
+
+    data: bytes | None = None  # the bytes read; None when reading failed
+    value: Any = None  # what `process` returned; None when anything failed
+    error: Exception | None = None  # kept whole: a caller may tell NoFaceError from other failures
+    stage: str = ""  # READ or DECODE: which step failed; "" when none did
+
+    @property
+    def reason(self) -> str:
+        """The error row's message, naming the input; "" when it worked."""
+        return "" if self.error is None else str(self.error)
+
+    @property
+    def reason_class(self) -> str:
+        return "" if self.error is None else reason_class_of(self.error)
+
+
+def decode_or_reason(
+    sources: Sequence[str],
+    read: Callable[[str], bytes] | Sequence[bytes],
+    process: Callable[[bytes, str], Any] | None = None,
+) -> Iterator[Outcome]:
+    """One Outcome per source, in order: its bytes (`read(source)`, or `read[i]` when the bytes are
+    at hand, as in a pack) put through `process(bytes, source)` (None: only read). A bad input is
+    an outcome with its error, never an exception: an unreadable one (OSError, StorageError) or
+    one that does not decode (ImageDecodeError). A generator, so a batch's bytes are not all held."""
+    for index, source in enumerate(sources):
+        try:
+            data = read(source) if callable(read) else read[index]
+        except (ImageDecodeError, OSError) as error:
+            yield Outcome(error=error, stage=READ)
+            continue
+        try:
+            value = None if process is None else process(data, source)
+        except (ImageDecodeError, OSError) as error:
+            yield Outcome(data, error=error, stage=DECODE)
+            continue
+        yield Outcome(data, value)
 
 
 def decode_image(data: bytes, source: str = "<bytes>") -> np.ndarray:

@@ -13,7 +13,8 @@ Rows go into the shards in a seeded random permutation of the manifest (`row_ord
 recorded in the plan), whatever the manifest's order: every shard and row group is then a
 uniform sample of the faces, which is what training's streaming shuffle relies on (data.py).
 
-Each shard is written by shards.write_shard (errors table, shard, done-marker, in that order). A shard is finished when its done-marker
+Each shard is read and checked by images.decode_or_reason and written by shards.write_shard
+(errors table, shard, done-marker, in that order). A shard is finished when its done-marker
 exists, so a rerun (after a crash, or nightly on the same plan) skips finished shards and redoes
 only the rest. The plan is fixed by the manifest and the target size, and a rerun refuses a plan
 that no longer matches (shards.load_or_record_plan). Every manifest row ends in exactly one shard
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 
 from agejobs import shards, storage
 from agejobs.datasets.manifest import MANIFEST_SCHEMA, Rejected, errors_to_table, read_manifest, record_rows
-from agejobs.images import ImageDecodeError, decode_image, reason_class_of
+from agejobs.images import READ, decode_image, decode_or_reason
 from agejobs.shards import errors_uri, shard_uri  # pack.shard_uri / pack.errors_uri for its readers
 
 log = logging.getLogger(__name__)
@@ -113,20 +114,15 @@ def shard_slice(manifest: pa.Table, plan: PackPlan, index: int, order=None) -> p
 def pack_shard(rows_table: pa.Table, out_uri: str, plan: PackPlan, index: int) -> dict:
     """Read and (verify) the images of one shard's manifest rows, then write it."""
     rows = rows_table.to_pylist()
+    paths = [row["path"] for row in rows]
     packed, rejected = [], []
-    for row in rows:
-        try:
-            data = storage.read_bytes(row["path"])
-        except OSError as error:
-            rejected.append(Rejected(row["path"], STAGE_READ, str(error), reason_class_of(error)))
-            continue
-        if plan.verify_images:
-            try:
-                decode_image(data, row["path"])
-            except ImageDecodeError as error:
-                rejected.append(Rejected(row["path"], STAGE_DECODE, str(error), error.reason_class))
-                continue
-        packed.append({**row, "image_bytes": data})
+    outcomes = decode_or_reason(paths, storage.read_bytes, decode_image if plan.verify_images else None)
+    for row, outcome in zip(rows, outcomes):
+        if outcome.error is None:
+            packed.append({**row, "image_bytes": outcome.data})
+        else:
+            stage = STAGE_READ if outcome.stage == READ else STAGE_DECODE
+            rejected.append(Rejected(row["path"], stage, outcome.reason, outcome.reason_class))
     return write_shard(packed, rejected, out_uri, index)
 
 

@@ -9,6 +9,8 @@ rows_in == rows_ok + rows_rejected over labels and pixels together.
 
 On Ray (`runner="ray"`) the check is a Ray Data stage (`CheckDecodable`, a callable class for
 `map_batches`) so a cluster's CPU nodes share it; `runner="inline"` runs the same class here.
+Each image is read and decoded by images.decode_or_reason, the loop data.DecodeFaces and pack use:
+an unreadable or undecodable one becomes its message and reason class.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pyarrow.compute as pc
 
 from agejobs import storage
 from agejobs.datasets.manifest import ImportResult, Rejected
-from agejobs.images import ImageDecodeError, decode_image, reason_class_of
+from agejobs.images import decode_image, decode_or_reason
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +38,9 @@ class CheckDecodable:
 
     def __call__(self, batch: dict) -> dict:
         errors, classes = [], []
-        for path in batch["path"]:
-            try:
-                decode_image(storage.read_bytes(path), path)
-                errors.append("")
-                classes.append("")
-            except (ImageDecodeError, OSError) as error:
-                errors.append(str(error))
-                classes.append(reason_class_of(error))
+        for outcome in decode_or_reason(batch["path"], storage.read_bytes, decode_image):
+            errors.append(outcome.reason)  # the decoded pixels are dropped here, one image at a time
+            classes.append(outcome.reason_class)
         return {"image_id": np.asarray(batch["image_id"]), "path": np.asarray(batch["path"]),
                 "error": np.asarray(errors, dtype=object), "error_class": np.asarray(classes, dtype=object)}
 
