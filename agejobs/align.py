@@ -109,7 +109,9 @@ def shape_predictor_path() -> str:
     importing the package: its __init__ needs pkg_resources, which new setuptools no longer has."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("data.align=landmarks needs the package face-recognition-models (pip install face-recognition-models)")
+        raise RuntimeError(
+            "data.align=landmarks needs the package face-recognition-models (pip install face-recognition-models)"
+        )
     path = os.path.join(list(spec.submodule_search_locations)[0], "models", SHAPE_PREDICTOR_FILE)
     if not os.path.exists(path):
         raise RuntimeError(f"data.align=landmarks: {path} is missing from face-recognition-models")
@@ -211,7 +213,10 @@ def detect_faces(image: np.ndarray) -> list[tuple[int, int, int, int]]:
     border = int(FACE_DETECT_BORDER * max(gray.shape))
     gray = cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_CONSTANT, value=128)
     found = _face_cascade().detectMultiScale(
-        gray, scaleFactor=FACE_SCALE_FACTOR, minNeighbors=FACE_MIN_NEIGHBORS, minSize=(FACE_MIN_SIZE, FACE_MIN_SIZE),
+        gray,
+        scaleFactor=FACE_SCALE_FACTOR,
+        minNeighbors=FACE_MIN_NEIGHBORS,
+        minSize=(FACE_MIN_SIZE, FACE_MIN_SIZE),
     )
     # Back to the original image's pixels, clipped to it (a box may reach into the border).
     height, width = image.shape[:2]

@@ -49,8 +49,11 @@ def resolve_checkpoint(directory: str) -> str:
         return directory
     fs, path = storage.filesystem_for(directory)
     try:
-        children = sorted(name for name in fs.ls(path.rstrip("/"), detail=False)
-                          if name.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_"))
+        children = sorted(
+            name
+            for name in fs.ls(path.rstrip("/"), detail=False)
+            if name.rstrip("/").rsplit("/", 1)[-1].startswith("checkpoint_")
+        )
     except OSError:
         children = []
     for child in reversed(children):  # timestamped names: the last is the newest
@@ -107,8 +110,9 @@ class ModelMismatchError(ValueError):
     """Embeddings (a gallery) used with a model other than the one that embedded them."""
 
 
-def check_same_model(what: str, embedded_by: str, embedded_fingerprint: str, checkpoint: str, fingerprint: str,
-                     remedy: str) -> None:
+def check_same_model(
+    what: str, embedded_by: str, embedded_fingerprint: str, checkpoint: str, fingerprint: str, remedy: str
+) -> None:
     """Refuse to mix models: `what` (e.g. "gallery URI") was embedded by checkpoint `embedded_by`,
     whose fingerprint must be this checkpoint's. Two models' embeddings are not comparable."""
     if embedded_fingerprint != fingerprint:

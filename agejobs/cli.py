@@ -11,10 +11,12 @@ exist before it starts Ray, so a typo costs no Ray start-up.
     agejobs ingest LAYOUT SRC OUT [-c CONFIG] [dataset.split_protocol=subject dataset.verify_images=false ...]
     agejobs pack MANIFEST OUT [-c CONFIG] [dataset.pack_shard_mb=64 dataset.verify_images=false ...]
     agejobs train -c CONFIG --manifest MANIFEST|PACK [--workdir DIR] [key=value ...]
-    agejobs evaluate --checkpoint DIR --manifest MANIFEST|PACK [--workdir DIR] [-c CONFIG] [data.test_flip=true eval.knn_m=M ...]
+    agejobs evaluate --checkpoint DIR --manifest MANIFEST|PACK [--workdir DIR] [-c CONFIG]
+                     [data.test_flip=true eval.knn_m=M ...]
     agejobs evaluate --scored OUT/RUN_ID --labels MANIFEST|PACK [--workdir DIR] [-c CONFIG]
     agejobs gallery build --checkpoint DIR --source MANIFEST|PACK --out DIR [-c CONFIG] [key=value ...]
-    agejobs score --checkpoint DIR --gallery DIR --archive PREFIX|PACK --out DIR [--run-id ID] [-c CONFIG] [key=value ...]
+    agejobs score --checkpoint DIR --gallery DIR --archive PREFIX|PACK --out DIR [--run-id ID]
+                  [-c CONFIG] [key=value ...]
 
 Every path may be a local path or a URI (s3://bucket/prefix; S3 settings from the config's
 `storage:` section or the standard AWS environment). Batch commands end by printing one JSON
@@ -49,7 +51,7 @@ def _finish(command: str, out_uri: str, payload: dict) -> int:
     return 0
 
 
-def _load(args) -> "Config":  # noqa: F821
+def _load(args) -> Config:  # noqa: F821
     """The run's config; its S3 settings are exported before anything (Ray included) starts."""
     from agejobs import storage
     from agejobs.config import load_config, with_absolute_paths
@@ -88,16 +90,26 @@ def _ray_for(cfg, args):
     listens on ray.metrics_export_port."""
     from agejobs.ray_runtime import ray_session
 
-    return ray_session(cfg.ray.address, cfg.ray.num_cpus, console=_console(args), metrics_export_port=cfg.ray.metrics_export_port,
-                       object_store_mb=cfg.ray.object_store_mb)
+    return ray_session(
+        cfg.ray.address,
+        cfg.ray.num_cpus,
+        console=_console(args),
+        metrics_export_port=cfg.ray.metrics_export_port,
+        object_store_mb=cfg.ray.object_store_mb,
+    )
 
 
 def main_synth(args) -> int:
     from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 
     dataset = _load(args).dataset
-    spec = SynthSpec(num_subjects=dataset.synth_subjects, images_per_subject=dataset.synth_images_per_subject,
-                     image_size=dataset.synth_image_size, test_fraction=dataset.test_fraction, seed=dataset.split_seed)
+    spec = SynthSpec(
+        num_subjects=dataset.synth_subjects,
+        images_per_subject=dataset.synth_images_per_subject,
+        image_size=dataset.synth_image_size,
+        test_fraction=dataset.test_fraction,
+        seed=dataset.split_seed,
+    )
     return _finish("synth", args.out, write_synthetic(args.out, spec, progress=True))
 
 
@@ -107,8 +119,11 @@ def main_ingest(args) -> int:
 
     cfg = _load(args)
     dataset = cfg.dataset
-    result = import_layout(args.layout, _require(args.src, "source"),
-                           SplitSpec(dataset.split_protocol, dataset.test_fraction, dataset.split_seed))
+    result = import_layout(
+        args.layout,
+        _require(args.src, "source"),
+        SplitSpec(dataset.split_protocol, dataset.test_fraction, dataset.split_seed),
+    )
     if dataset.verify_images:
         from agejobs.ray_runtime import quiet_ray_data
         from agejobs.verify import verify_import
@@ -117,7 +132,9 @@ def main_ingest(args) -> int:
             quiet_ray_data()
             result = verify_import(result, "ray", concurrency=cfg.resources.decode.concurrency)
     counts = write_import(result, args.out)
-    return _finish("ingest", args.out, {"layout": args.layout, **counts, "rejected_by_stage": rejected_by_stage(result.rejected)})
+    return _finish(
+        "ingest", args.out, {"layout": args.layout, **counts, "rejected_by_stage": rejected_by_stage(result.rejected)}
+    )
 
 
 def main_pack(args) -> int:
@@ -126,7 +143,9 @@ def main_pack(args) -> int:
     cfg = _load(args)
     _require(args.manifest, "manifest")
     with _ray_for(cfg, args):
-        counts = pack(args.manifest, args.out, int(cfg.dataset.pack_shard_mb * 2**20), verify_images=cfg.dataset.verify_images)
+        counts = pack(
+            args.manifest, args.out, int(cfg.dataset.pack_shard_mb * 2**20), verify_images=cfg.dataset.verify_images
+        )
     return _finish("pack", args.out, counts)
 
 
@@ -189,7 +208,10 @@ def _print_experiment(report: dict) -> int:
     print(f"\nreport: {os.path.join(report['workdir'], 'report.json')}")
     print(f"plots:  {os.path.join(report['workdir'], 'plots')}/")
     by_name = {m["method"]: m for m in report["methods"]}
-    _print_json({name: round(method["mae"], 3) for name, method in by_name.items()} | {"report": os.path.join(report["workdir"], "report.json")})
+    _print_json(
+        {name: round(method["mae"], 3) for name, method in by_name.items()}
+        | {"report": os.path.join(report["workdir"], "report.json")}
+    )
     return 0
 
 
@@ -230,8 +252,19 @@ def main_gallery_build(args) -> int:
     with _ray_for(cfg, args):
         quiet_ray_data()
         manifest = build_gallery(args.checkpoint, args.source, _workdir(args.out), cfg)
-    keys = ("gallery_version", "count", "faces_embedded", "age_embedding_dim", "gender_index", "distance", "search", "build_seconds")
-    return _finish("gallery build", _workdir(args.out), {key: manifest[key] for key in keys} | {"gallery": _workdir(args.out)})
+    keys = (
+        "gallery_version",
+        "count",
+        "faces_embedded",
+        "age_embedding_dim",
+        "gender_index",
+        "distance",
+        "search",
+        "build_seconds",
+    )
+    return _finish(
+        "gallery build", _workdir(args.out), {key: manifest[key] for key in keys} | {"gallery": _workdir(args.out)}
+    )
 
 
 def main_score(args) -> int:
@@ -258,7 +291,7 @@ def main_score(args) -> int:
 INFERENCE_KEYS = ("eval.", "resources.", "ray.", "storage.", "data.test_flip")
 
 
-def inference_config(cfg: "Config", config_path: str | None, overrides: list[str]) -> "Config":  # noqa: F821
+def inference_config(cfg: Config, config_path: str | None, overrides: list[str]) -> Config:  # noqa: F821
     """The checkpoint's config with the inference settings of a config file (-c) and of
     `key=value` overrides; overriding any other key is an error naming it."""
     from agejobs.config import ConfigError, config_from_dict, config_to_dict, load_config, parse_override
@@ -273,8 +306,10 @@ def inference_config(cfg: "Config", config_path: str | None, overrides: list[str
     for text in overrides:
         key, value = parse_override(text)
         if not key.startswith(INFERENCE_KEYS):
-            raise ConfigError(f"evaluate --checkpoint: {key} is the trained model's own setting; only "
-                              f"{', '.join(INFERENCE_KEYS)} may be overridden")
+            raise ConfigError(
+                f"evaluate --checkpoint: {key} is the trained model's own setting; only "
+                f"{', '.join(INFERENCE_KEYS)} may be overridden"
+            )
         settings.append((key, value))
     for key, value in settings:
         section, name = key.split(".", 1)
@@ -319,8 +354,14 @@ def main_evaluate_scored(args) -> int:
     workdir = _workdir(args.workdir)
     evaluate.write_outputs(workdir, [report], extra)
     evaluate.print_reports([report])
-    _print_json({"mae": report["mae"], "n": report["n"], "error_rows": extra["error_rows"],
-                 "report": storage.join(workdir, "report.json")})
+    _print_json(
+        {
+            "mae": report["mae"],
+            "n": report["n"],
+            "error_rows": extra["error_rows"],
+            "report": storage.join(workdir, "report.json"),
+        }
+    )
     return 0
 
 
@@ -330,30 +371,44 @@ def _with_config(sub, default=None, required=False) -> None:
 
 
 def _add_pipelines(commands, common) -> None:
-    demo = commands.add_parser("demo", parents=[common], help="synthetic faces -> train -> gallery -> evaluate, on 2 CPU cores")
+    demo = commands.add_parser(
+        "demo", parents=[common], help="synthetic faces -> train -> gallery -> evaluate, on 2 CPU cores"
+    )
     demo.add_argument("--workdir", default="runs/demo", help="every output goes here (report: WORKDIR/report.json)")
-    demo.add_argument("--storage", default="local", choices=["local", "s3"],
-                      help="s3: run everything through an embedded S3 endpoint on 127.0.0.1 (moto), packed shards included")
+    demo.add_argument(
+        "--storage",
+        default="local",
+        choices=["local", "s3"],
+        help="s3: run everything through an embedded S3 endpoint on 127.0.0.1 (moto), packed shards included",
+    )
     _with_config(demo, default=DEFAULT_DEMO_CONFIG)
     demo.set_defaults(handler=main_experiment)
-    experiment = commands.add_parser("experiment", parents=[common], help="the demo's pipeline on any configured dataset")
+    experiment = commands.add_parser(
+        "experiment", parents=[common], help="the demo's pipeline on any configured dataset"
+    )
     experiment.add_argument("--workdir", required=True)
     _with_config(experiment, required=True)
     experiment.set_defaults(handler=main_experiment)
 
 
 def _add_data_commands(commands, common) -> None:
-    synth = commands.add_parser("synth", parents=[common], help="write a deterministic synthetic face dataset + manifest (dataset.synth_*)")
+    synth = commands.add_parser(
+        "synth", parents=[common], help="write a deterministic synthetic face dataset + manifest (dataset.synth_*)"
+    )
     synth.add_argument("out")
     _with_config(synth)
     synth.set_defaults(handler=main_synth)
-    ingest = commands.add_parser("ingest", parents=[common], help="import a published dataset layout into a manifest (dataset.*)")
+    ingest = commands.add_parser(
+        "ingest", parents=[common], help="import a published dataset layout into a manifest (dataset.*)"
+    )
     ingest.add_argument("layout", help="utkface, morph, megaage, aaf, fgnet, appa-real or imdb-wiki")
     ingest.add_argument("src", help="the dataset's root directory or URI, in its published layout")
     ingest.add_argument("out", help="directory or URI for manifest.parquet + errors.parquet")
     _with_config(ingest)
     ingest.set_defaults(handler=main_ingest)
-    pack = commands.add_parser("pack", parents=[common], help="manifest of loose images -> Parquet shards of image bytes")
+    pack = commands.add_parser(
+        "pack", parents=[common], help="manifest of loose images -> Parquet shards of image bytes"
+    )
     pack.add_argument("manifest")
     pack.add_argument("out", help="directory or URI for shard-NNNNN.parquet (+ .errors.parquet, .done)")
     _with_config(pack)
@@ -367,8 +422,11 @@ def _add_train_and_evaluate(commands, common) -> None:
     train.add_argument("--name", default="", help="run name under the storage path")
     _with_config(train, required=True)
     train.set_defaults(handler=main_train)
-    evaluate = commands.add_parser("evaluate", parents=[common],
-                                   help="kNN (or direct) estimates on the test split + report; or a scoring run's output vs labels")
+    evaluate = commands.add_parser(
+        "evaluate",
+        parents=[common],
+        help="kNN (or direct) estimates on the test split + report; or a scoring run's output vs labels",
+    )
     evaluate.add_argument("--checkpoint", help="with --manifest: evaluate a checkpoint on the test split")
     evaluate.add_argument("--manifest")
     evaluate.add_argument("--scored", help="with --labels: a scoring run's output directory (OUT/RUN_ID)")
@@ -382,13 +440,17 @@ def _add_train_and_evaluate(commands, common) -> None:
 def _add_batch_jobs(commands, common) -> None:
     gallery = commands.add_parser("gallery", help="build a gallery (embeddings + L1 index) from a checkpoint")
     gallery_commands = gallery.add_subparsers(dest="gallery_command", required=True)
-    build = gallery_commands.add_parser("build", parents=[common], help="embed a split with a checkpoint; write faces, index, manifest")
+    build = gallery_commands.add_parser(
+        "build", parents=[common], help="embed a split with a checkpoint; write faces, index, manifest"
+    )
     build.add_argument("--checkpoint", required=True)
     build.add_argument("--source", required=True, help="manifest or pack; the split is gallery.split (default train)")
     build.add_argument("--out", required=True, help="gallery directory (local or URI)")
     _with_config(build)
     build.set_defaults(handler=main_gallery_build)
-    score = commands.add_parser("score", parents=[common], help="score an image archive against a gallery (resumable, sharded output)")
+    score = commands.add_parser(
+        "score", parents=[common], help="score an image archive against a gallery (resumable, sharded output)"
+    )
     score.add_argument("--checkpoint", required=True)
     score.add_argument("--gallery", required=True, help="built by `agejobs gallery build` with the same checkpoint")
     score.add_argument("--archive", required=True, help="a prefix of loose images, or a pack directory")
@@ -399,13 +461,22 @@ def _add_batch_jobs(commands, common) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agejobs", description="Facial age estimation (Jeong et al. 2018) trained and scored on Ray.")
-    parser.add_argument("--metrics-port", type=int, default=0,
-                        help="serve this process's agejobs_* metrics (prometheus_client) on this port")
+    parser = argparse.ArgumentParser(
+        prog="agejobs", description="Facial age estimation (Jeong et al. 2018) trained and scored on Ray."
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve this process's agejobs_* metrics (prometheus_client) on this port",
+    )
     # Every subcommand takes --verbose (after its name, where users type it).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--verbose", action="store_true",
-                        help="also print Ray's own logs (workers, Ray Train, Ray Data, raylet); off by default")
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray's own logs (workers, Ray Train, Ray Data, raylet); off by default",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_pipelines, _add_data_commands, _add_train_and_evaluate, _add_batch_jobs):
         add(commands, common)

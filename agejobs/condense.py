@@ -30,7 +30,9 @@ def per_age_prototypes(columns: dict, per_group: int, seed: int = 0) -> dict:
             for name in kept:
                 kept[name].extend(np.asarray(columns[name])[members])
             continue
-        clusters = KMeans(n_clusters=per_group, n_init=1, random_state=seed).fit_predict(columns["age_embedding"][members])
+        clusters = KMeans(n_clusters=per_group, n_init=1, random_state=seed).fit_predict(
+            columns["age_embedding"][members]
+        )
         for cluster in range(per_group):
             group = members[clusters == cluster]
             kept["image_id"].append(f"prototype:age={age}:gender={gender}:{cluster}")

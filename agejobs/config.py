@@ -386,10 +386,22 @@ def validate(cfg: Config) -> Config:
 # anything (job sizing now lives in `resources`, which a checkpoint does not decide): dropped when
 # a stored config is read back (a config file naming one is still an error).
 RETIRED_KEYS = (
-    "data.manifest_blocks", "data.decode_concurrency", "data.decode_batch_size", "data.read_concurrency",
-    "eval.knn_chunk_size", "eval.cs_max_threshold", "eval.embed_batch_size", "eval.embed_concurrency",
-    "eval.embed_torch_threads", "score.batch_size", "score.read_concurrency", "score.decode_concurrency",
-    "score.embed_concurrency", "score.embed_torch_threads", "score.embed_gpus", "score.search_concurrency",
+    "data.manifest_blocks",
+    "data.decode_concurrency",
+    "data.decode_batch_size",
+    "data.read_concurrency",
+    "eval.knn_chunk_size",
+    "eval.cs_max_threshold",
+    "eval.embed_batch_size",
+    "eval.embed_concurrency",
+    "eval.embed_torch_threads",
+    "score.batch_size",
+    "score.read_concurrency",
+    "score.decode_concurrency",
+    "score.embed_concurrency",
+    "score.embed_torch_threads",
+    "score.embed_gpus",
+    "score.search_concurrency",
 )
 # Before gallery.search was typed as the search settings, they were flat keys of gallery.
 FLAT_SEARCH_KEYS = ("brute_force_max", "candidates", "reorder", "num_leaves", "leaves_to_search")
@@ -405,7 +417,9 @@ def _upgrade_stored(data: dict) -> dict:
         data["data"]["align"] = "box" if data["data"].pop("face_crop") else "none"
     gallery = data.get("gallery", {})
     if isinstance(gallery.get("search"), str):
-        gallery["search"] = {"mode": gallery["search"]} | {key: gallery.pop(key) for key in FLAT_SEARCH_KEYS if key in gallery}
+        gallery["search"] = {"mode": gallery["search"]} | {
+            key: gallery.pop(key) for key in FLAT_SEARCH_KEYS if key in gallery
+        }
     return data
 
 
@@ -437,7 +451,11 @@ def with_absolute_paths(cfg: Config, base: str | None = None) -> Config:
     base = base or os.getcwd()
 
     def resolve(value: str) -> str:
-        return value if not value or "://" in value or os.path.isabs(value) else os.path.normpath(os.path.join(base, value))
+        return (
+            value
+            if not value or "://" in value or os.path.isabs(value)
+            else os.path.normpath(os.path.join(base, value))
+        )
 
     return dataclasses.replace(
         cfg,
@@ -450,9 +468,7 @@ def with_absolute_paths(cfg: Config, base: str | None = None) -> Config:
 def without_secrets(cfg: Config) -> Config:
     """The config with credentials blanked: what may be logged, dumped or put in a checkpoint.
     A reader of the dump falls back to the standard AWS chain for credentials."""
-    return dataclasses.replace(
-        cfg, storage=dataclasses.replace(cfg.storage, access_key_id="", secret_access_key="")
-    )
+    return dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, access_key_id="", secret_access_key=""))
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -44,7 +44,7 @@ LABEL_COLUMNS = ("image_id", "age", "gender")
 SOURCE_COLUMNS = ("path", "input_shard")
 
 
-def to_model_input(images: "torch.Tensor", channels_last: bool = False) -> "torch.Tensor":  # noqa: F821
+def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:  # noqa: F821
     """uint8 (n, H, W, 3) on any device -> ImageNet-normalized float (n, 3, H, W)."""
     import torch
 
@@ -54,7 +54,7 @@ def to_model_input(images: "torch.Tensor", channels_last: bool = False) -> "torc
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch.contiguous()
 
 
-def random_flip(images: "torch.Tensor", probability: float = 0.5) -> "torch.Tensor":  # noqa: F821
+def random_flip(images: torch.Tensor, probability: float = 0.5) -> torch.Tensor:  # noqa: F821
     """Training augmentation on uint8 (n, H, W, 3): each face mirrored left-right with `probability`.
 
     Drawn from the worker's torch RNG (seeded per rank, saved in checkpoints), not in the decode
@@ -188,8 +188,9 @@ def pack_dataset(pack_uri: str, columns: list[str], read: StageResources | None 
 ROW_COLUMNS = ["image_id", "path", "age", "gender", "split"]
 
 
-def manifest_dataset(source_uri: str, split: str | None = None, blocks: int = 16, read: StageResources | None = None,
-                     pack_order=None):
+def manifest_dataset(
+    source_uri: str, split: str | None = None, blocks: int = 16, read: StageResources | None = None, pack_order=None
+):
     """Rows of one split of a manifest or a pack as a Ray Dataset (not yet decoded), in source order
     (a pack's row groups in `pack_order`'s, when given).
 
@@ -206,8 +207,9 @@ def manifest_dataset(source_uri: str, split: str | None = None, blocks: int = 16
     else:
         filesystem, path = storage.arrow_filesystem(source_uri)
         blocks = max(blocks, -(-manifest_rows(source_uri) // ROWS_PER_BLOCK))
-        ds = ray.data.read_parquet(path, filesystem=filesystem, override_num_blocks=blocks, concurrency=read.concurrency,
-                                   num_cpus=read.cpus)
+        ds = ray.data.read_parquet(
+            path, filesystem=filesystem, override_num_blocks=blocks, concurrency=read.concurrency, num_cpus=read.cpus
+        )
         ds = ds.select_columns(ROW_COLUMNS)
     if split is not None:
         ds = ds.filter(expr=col("split") == split)

@@ -180,13 +180,18 @@ def method_report(
     return report
 
 
-def mae_by_group(predicted: ArrayLike, true: ArrayLike, groups: ArrayLike, name: str = "groups") -> dict[str, dict[str, Any]]:
+def mae_by_group(
+    predicted: ArrayLike, true: ArrayLike, groups: ArrayLike, name: str = "groups"
+) -> dict[str, dict[str, Any]]:
     """{group: {"n", "mae"}} for every distinct value of `groups` (one per sample)."""
     pred, truth = _age_pair(predicted, true)
     labels = np.asarray(groups).astype(str)
     _check_same_length(labels, truth, name, "true")
     return {
-        str(group): {"n": int(np.sum(labels == group)), "mae": mean_absolute_error(pred[labels == group], truth[labels == group])}
+        str(group): {
+            "n": int(np.sum(labels == group)),
+            "mae": mean_absolute_error(pred[labels == group], truth[labels == group]),
+        }
         for group in np.unique(labels)
     }
 
@@ -201,7 +206,8 @@ def _json_default(value: Any) -> Any:
 
 
 def write_report(path: str, reports: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``{"methods": reports, **extra}`` as strict JSON (no NaN) written atomically (storage.write_bytes_atomic)."""
+    """Write ``{"methods": reports, **extra}`` as strict JSON (no NaN), atomically
+    (storage.write_bytes_atomic)."""
     extra = dict(extra or {})
     if "methods" in extra:
         raise ValueError('extra must not contain the key "methods"')
@@ -244,10 +250,22 @@ def scored_report(scored_uri: str, labels_uri: str, split: str = "") -> tuple[di
     if joined.num_rows == 0:
         raise ValueError(f"no scored row of {scored_uri} has a label in {labels_uri} (joined on path)")
     outcomes = joined["face_outcome"].to_numpy() if "face_outcome" in joined.column_names else None
-    report = method_report("scored", joined["predicted_age"].to_numpy(), joined["age"].to_numpy(),
-                           joined["predicted_gender"].to_numpy(), joined["gender"].to_numpy(), face_outcomes=outcomes)
-    extra = {"scored": scored_uri, "labels": labels_uri, "split": split or "all", "scored_rows": predictions.num_rows,
-             "labelled_rows": joined.num_rows, "error_rows": errors.num_rows}
+    report = method_report(
+        "scored",
+        joined["predicted_age"].to_numpy(),
+        joined["age"].to_numpy(),
+        joined["predicted_gender"].to_numpy(),
+        joined["gender"].to_numpy(),
+        face_outcomes=outcomes,
+    )
+    extra = {
+        "scored": scored_uri,
+        "labels": labels_uri,
+        "split": split or "all",
+        "scored_rows": predictions.num_rows,
+        "labelled_rows": joined.num_rows,
+        "error_rows": errors.num_rows,
+    }
     return report, extra
 
 

@@ -94,15 +94,25 @@ def knn_estimates(reference: dict, queries: dict, cfg: Config) -> dict:
     """Per query face (by image_id): the estimate nightly scoring makes (`gallery.Gallery`),
     from an in-memory gallery of the reference faces searched exactly."""
     references = gallery.Gallery.of_faces(reference, EXACT, cfg.eval.knn_m, gender_index=cfg.loss.gender_weight > 0)
-    return {"image_id": queries["image_id"]} | references.estimate(queries["age_embedding"], queries["gender_embedding"])
+    return {"image_id": queries["image_id"]} | references.estimate(
+        queries["age_embedding"], queries["gender_embedding"]
+    )
 
 
 def knn_estimate_reports(name: str, reference: dict, queries: dict, cfg: Config, plots_dir: str) -> list[dict]:
     """Reports of embedded queries estimated from the M nearest embedded reference faces."""
     estimates = knn_estimates(reference, queries, cfg)
-    evaluate.plot_embedding_map(queries["age_embedding"], queries["age"], storage.join(plots_dir, f"embedding_{name}.png"))
-    report = evaluate.method_report(name, estimates["predicted_age"], queries["age"], estimates["predicted_gender"],
-                                    queries["gender"], face_outcomes=queries["face_outcome"])
+    evaluate.plot_embedding_map(
+        queries["age_embedding"], queries["age"], storage.join(plots_dir, f"embedding_{name}.png")
+    )
+    report = evaluate.method_report(
+        name,
+        estimates["predicted_age"],
+        queries["age"],
+        estimates["predicted_gender"],
+        queries["gender"],
+        face_outcomes=queries["face_outcome"],
+    )
     # The paper's Table 2: how well the AGE embedding alone separates gender.
     from_age = evaluate.gender_accuracy(estimates["gender_from_age_neighbours"], queries["gender"])
     report["gender_accuracy_from_age_embedding"] = None if np.isnan(from_age) else from_age
@@ -118,8 +128,14 @@ def method_reports(name: str, checkpoint: str, manifest: str, cfg: Config, plots
 
 def direct_report(name: str, checkpoint: str, manifest: str, cfg: Config) -> dict:
     queries = embed(checkpoint, manifest, "test", cfg)
-    return evaluate.method_report(name, queries["predicted_age"], queries["age"], queries["predicted_gender"], queries["gender"],
-                                  face_outcomes=queries["face_outcome"])
+    return evaluate.method_report(
+        name,
+        queries["predicted_age"],
+        queries["age"],
+        queries["predicted_gender"],
+        queries["gender"],
+        face_outcomes=queries["face_outcome"],
+    )
 
 
 def load_pixels(manifest: str, split: str, preprocessing: Preprocessing) -> dict:
@@ -167,7 +183,11 @@ def mean_report(manifest: str) -> dict:
     labelled = train["gender"][train["gender"] >= 0]
     majority_gender = int(labelled.mode().iloc[0]) if len(labelled) else -1
     return evaluate.method_report(
-        "mean", np.full(len(test), train["age"].mean()), test["age"], np.full(len(test), majority_gender), test["gender"]
+        "mean",
+        np.full(len(test), train["age"].mean()),
+        test["age"],
+        np.full(len(test), majority_gender),
+        test["gender"],
     )
 
 
@@ -191,11 +211,18 @@ def peer_report(manifest: str, predictions_csv: str) -> dict:
         raise ValueError(f"eval.peer_predictions {predictions_csv}: missing columns {sorted(missing)}")
     joined = test.merge(peer, on="file", how="inner")
     if len(joined) != len(test):
-        raise ValueError(f"eval.peer_predictions {predictions_csv}: {len(test) - len(joined)} of {len(test)} test faces "
-                         "have no prediction; the peer must be compared on exactly the same faces")
+        raise ValueError(
+            f"eval.peer_predictions {predictions_csv}: {len(test) - len(joined)} of {len(test)} test faces "
+            "have no prediction; the peer must be compared on exactly the same faces"
+        )
     gender = joined["pred_gender"].to_numpy() if "pred_gender" in joined else None
-    report = evaluate.method_report("peer", joined["pred_age"].to_numpy(), joined["age"].to_numpy(),
-                                    gender, None if gender is None else joined["gender"].to_numpy())
+    report = evaluate.method_report(
+        "peer",
+        joined["pred_age"].to_numpy(),
+        joined["age"].to_numpy(),
+        gender,
+        None if gender is None else joined["gender"].to_numpy(),
+    )
     report["predictions"] = predictions_csv
     return report
 
@@ -213,7 +240,9 @@ def stage_data(cfg: Config, workdir: str, timings: dict) -> tuple[str, dict]:
     timings["data"] = time.monotonic() - started
     split_counts = f": {counts['train']} training / {counts['test']} test faces" if "train" in counts else ""
     if counts.get("rows_rejected"):
-        split_counts += f", {counts['rows_rejected']} rejected (reasons: {storage.join(workdir, 'data')}/errors.parquet)"
+        split_counts += (
+            f", {counts['rows_rejected']} rejected (reasons: {storage.join(workdir, 'data')}/errors.parquet)"
+        )
     say(f"[data] {cfg.dataset.kind}{split_counts} ({timings['data']:.0f} s)")
     return manifest, counts
 
@@ -229,20 +258,27 @@ def train_methods(runs: list[tuple[str, Config]], manifest: str, workdir: str, t
         outcome = run_training(run_cfg, manifest, name, storage.join(workdir, "checkpoints"), progress_label=name)
         checkpoints[name], train_metrics[name] = outcome.checkpoint_path, outcome.metrics
         timings[f"train {name}"] = time.monotonic() - started
-        say(f"[{name}] trained: {outcome.metrics.get('step', '?')} steps, {outcome.metrics.get('epoch', '?')} epochs "
-            f"({timings[f'train {name}']:.0f} s)")
+        say(
+            f"[{name}] trained: {outcome.metrics.get('step', '?')} steps, {outcome.metrics.get('epoch', '?')} epochs "
+            f"({timings[f'train {name}']:.0f} s)"
+        )
     return checkpoints, train_metrics
 
 
 def evaluate_methods(cfg: Config, runs, checkpoints: dict, manifest: str, plots_dir: str, timings: dict) -> list[dict]:
     """Test-split reports of the trained methods, the untrained baselines and the peer, in that order."""
-    evaluations = [(name, lambda name=name, run_cfg=run_cfg: method_reports(name, checkpoints[name], manifest, run_cfg,
-                                                                            plots_dir))
-                   for name, run_cfg in runs]
-    evaluations += [(name, build) for name, build in (
-        ("mean", lambda: [mean_report(manifest)]),
-        ("ridge-pixels", lambda: [ridge_pixels_report(manifest, Preprocessing.of(cfg.data))]),
-    ) if name in cfg.eval.baselines]
+    evaluations = [
+        (name, lambda name=name, run_cfg=run_cfg: method_reports(name, checkpoints[name], manifest, run_cfg, plots_dir))
+        for name, run_cfg in runs
+    ]
+    evaluations += [
+        (name, build)
+        for name, build in (
+            ("mean", lambda: [mean_report(manifest)]),
+            ("ridge-pixels", lambda: [ridge_pixels_report(manifest, Preprocessing.of(cfg.data))]),
+        )
+        if name in cfg.eval.baselines
+    ]
     if cfg.eval.peer_predictions:
         evaluations.append(("peer", lambda: [peer_report(manifest, cfg.eval.peer_predictions)]))
     reports = []
@@ -264,8 +300,17 @@ def run_experiment(cfg: Config, workdir: str) -> dict:
     manifest, counts = stage_data(cfg, workdir, timings)
     checkpoints, train_metrics = train_methods(runs, manifest, workdir, timings)
     reports = evaluate_methods(cfg, runs, checkpoints, manifest, storage.join(workdir, "plots"), timings)
-    numbers = {name: {k: v for k, v in values.items() if isinstance(v, (int, float, bool))}
-               for name, values in train_metrics.items()}
-    extra = {"workdir": workdir, "manifest": manifest, "dataset_counts": counts, "checkpoints": checkpoints,
-             "train_metrics": numbers, "timings_s": timings, "config": config_to_dict(cfg)}
+    numbers = {
+        name: {k: v for k, v in values.items() if isinstance(v, (int, float, bool))}
+        for name, values in train_metrics.items()
+    }
+    extra = {
+        "workdir": workdir,
+        "manifest": manifest,
+        "dataset_counts": counts,
+        "checkpoints": checkpoints,
+        "train_metrics": numbers,
+        "timings_s": timings,
+        "config": config_to_dict(cfg),
+    }
     return evaluate.write_outputs(workdir, reports, extra)

@@ -28,8 +28,8 @@ from agejobs import knn, storage
 from agejobs.checkpoint import ModelMismatchError, check_same_model, checkpoint_identity, load_trained_model
 from agejobs.config import Config, ResourcesConfig, config_to_dict
 from agejobs.data import collect_by_image_id, face_dataset, to_model_input
-from agejobs.images import Preprocessing
 from agejobs.datasets.manifest import write_table_atomic
+from agejobs.images import Preprocessing
 from agejobs.losses import dex_expectation
 
 MANIFEST_FILE = "gallery.json"
@@ -109,7 +109,11 @@ def embed_split(
     ds = face_dataset(manifest_uri, split, preprocessing, train=False, resources=resources)
     ds = ds.drop_columns(["error", "error_class"]).map_batches(
         Embedder,
-        fn_constructor_kwargs={"checkpoint_dir": checkpoint_dir, "torch_threads": embed.torch_threads, "test_flip": test_flip},
+        fn_constructor_kwargs={
+            "checkpoint_dir": checkpoint_dir,
+            "torch_threads": embed.torch_threads,
+            "test_flip": test_flip,
+        },
         batch_size=embed.batch_size,
         batch_format="numpy",
         compute=ActorPoolStrategy(size=embed.concurrency),
@@ -126,7 +130,9 @@ def mean_neighbour_age(neighbour_indices: np.ndarray, gallery_ages: np.ndarray) 
     return np.asarray(gallery_ages, dtype=np.float64)[neighbour_indices].mean(axis=1)
 
 
-def majority_neighbour_gender(neighbour_indices: np.ndarray, gallery_genders: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def majority_neighbour_gender(
+    neighbour_indices: np.ndarray, gallery_genders: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(predicted gender, vote share of that gender) among gender-labelled neighbours.
 
     A tied vote goes to the nearest labelled neighbour; with no labelled neighbour the
@@ -161,7 +167,7 @@ class Gallery:
     gender_index: knn.L1Index | None  # None for the age-only model: gender from the age neighbours
 
     @classmethod
-    def of_faces(cls, columns: dict, settings: knn.SearchSettings, m: int, gender_index: bool) -> "Gallery":
+    def of_faces(cls, columns: dict, settings: knn.SearchSettings, m: int, gender_index: bool) -> Gallery:
         """An in-memory gallery of embedded faces (columns of `embed_split`): what evaluation
         estimates against, and what `build_gallery` saves."""
         age_index = knn.L1Index.build(columns["age_embedding"], settings, m)
@@ -217,13 +223,15 @@ def write_faces(columns: dict, uri: str) -> None:
     """The gallery's faces.parquet: one row per face, labels and both embeddings."""
     import pyarrow as pa
 
-    table = pa.table({
-        "image_id": pa.array(columns["image_id"].astype(str)),
-        "age": pa.array(columns["age"].astype(np.int16)),
-        "gender": pa.array(columns["gender"].astype(np.int8)),
-        "age_embedding": _fixed_size_lists(columns["age_embedding"]),
-        "gender_embedding": _fixed_size_lists(columns["gender_embedding"]),
-    })
+    table = pa.table(
+        {
+            "image_id": pa.array(columns["image_id"].astype(str)),
+            "age": pa.array(columns["age"].astype(np.int16)),
+            "gender": pa.array(columns["gender"].astype(np.int8)),
+            "age_embedding": _fixed_size_lists(columns["age_embedding"]),
+            "gender_embedding": _fixed_size_lists(columns["gender_embedding"]),
+        }
+    )
     write_table_atomic(table, uri)
 
 
@@ -246,8 +254,10 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
 
     model_cfg, fingerprint = checkpoint_identity(checkpoint_dir)
     if model_cfg.train.method != "siamese":
-        raise ValueError(f"{checkpoint_dir}: a gallery needs a siamese checkpoint; "
-                         f"a {model_cfg.train.method} model estimates ages directly")
+        raise ValueError(
+            f"{checkpoint_dir}: a gallery needs a siamese checkpoint; "
+            f"a {model_cfg.train.method} model estimates ages directly"
+        )
     started = time.time()
     preprocessing = Preprocessing.of(model_cfg.data)
     columns = embed_split(checkpoint_dir, source_uri, cfg.gallery.split, preprocessing, cfg.resources)
@@ -285,13 +295,21 @@ def build_gallery(checkpoint_dir: str, source_uri: str, out_uri: str, cfg: Confi
 def read_gallery_manifest(gallery_uri: str) -> dict:
     uri = storage.join(gallery_uri, MANIFEST_FILE)
     if not storage.exists(uri):
-        raise FileNotFoundError(f"{gallery_uri} is not a finished gallery (no {MANIFEST_FILE}); run `agejobs gallery build`")
+        raise FileNotFoundError(
+            f"{gallery_uri} is not a finished gallery (no {MANIFEST_FILE}); run `agejobs gallery build`"
+        )
     return json.loads(storage.read_bytes(uri))
 
 
 def check_gallery_matches(manifest: dict, gallery_uri: str, checkpoint: str, fingerprint: str) -> None:
-    check_same_model(f"gallery {gallery_uri}", manifest["checkpoint"], manifest["model_fingerprint"], checkpoint,
-                     fingerprint, "Build a gallery with this checkpoint (`agejobs gallery build`).")
+    check_same_model(
+        f"gallery {gallery_uri}",
+        manifest["checkpoint"],
+        manifest["model_fingerprint"],
+        checkpoint,
+        fingerprint,
+        "Build a gallery with this checkpoint (`agejobs gallery build`).",
+    )
 
 
 def load_gallery(gallery_uri: str, checkpoint: str, fingerprint: str) -> Gallery:
@@ -304,6 +322,10 @@ def load_gallery(gallery_uri: str, checkpoint: str, fingerprint: str) -> Gallery
     labels = pq.read_table(path, filesystem=fs, columns=["age", "gender"])
     gender_index = knn.L1Index.load(storage.join(gallery_uri, "gender_index")) if manifest["gender_index"] else None
     return Gallery(
-        gallery_uri, manifest, labels["age"].to_numpy(), labels["gender"].to_numpy(),
-        knn.L1Index.load(storage.join(gallery_uri, "age_index")), gender_index,
+        gallery_uri,
+        manifest,
+        labels["age"].to_numpy(),
+        labels["gender"].to_numpy(),
+        knn.L1Index.load(storage.join(gallery_uri, "age_index")),
+        gender_index,
     )

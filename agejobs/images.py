@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,7 @@ MAX_IMAGE_PIXELS = 8192 * 8192
 # text (b"P1 2 2 ..." opens as a PPM), and rarely used parsers are where decoder bugs live.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG covers MPO
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
 
 class ImageDecodeError(ValueError):
     """An input that is not a usable image; the message names the input and `reason_class` (one of
@@ -216,7 +217,7 @@ class Preprocessing:
     no_face: str = "whole"  # NO_FACE_FALLBACKS: the whole image stands in for the face, or an error row
 
     @classmethod
-    def of(cls, data_config) -> "Preprocessing":
+    def of(cls, data_config) -> Preprocessing:
         """From a config.DataConfig (or anything with image_size, align, no_face)."""
         return cls(data_config.image_size, data_config.align, data_config.no_face)
 
@@ -246,6 +247,8 @@ def preprocess_face(data: bytes, preprocessing: Preprocessing, source: str = "<b
     return Face(resize_square(face, preprocessing.size), framed.outcome, framed.faces)
 
 
-def preprocess_encoded(data: bytes, size: int, source: str = "<bytes>", align: str = "none", no_face: str = "whole") -> np.ndarray:
+def preprocess_encoded(
+    data: bytes, size: int, source: str = "<bytes>", align: str = "none", no_face: str = "whole"
+) -> np.ndarray:
     """preprocess_face's image alone."""
     return preprocess_face(data, Preprocessing(size, align, no_face), source).image

@@ -73,14 +73,18 @@ def exact_l1_knn(
 
 def _check_shapes(query_shape, gallery_shape, m: int) -> None:
     if len(query_shape) != 2 or len(gallery_shape) != 2 or query_shape[1] != gallery_shape[1]:
-        raise ValueError(f"queries {tuple(query_shape)} and gallery {tuple(gallery_shape)} must be (n, d) with the same d")
+        raise ValueError(
+            f"queries {tuple(query_shape)} and gallery {tuple(gallery_shape)} must be (n, d) with the same d"
+        )
     if m < 1:
         raise ValueError(f"M must be >= 1, got {m}")
     if m > gallery_shape[0]:
         raise ValueError(f"M={m} nearest neighbours requested but the gallery has only {gallery_shape[0]} faces")
 
 
-def l1_rerank(queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+def l1_rerank(
+    queries: np.ndarray, gallery: np.ndarray, candidates: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact L1 over each query's candidate rows (n, k'), the M nearest kept, nearest first.
 
     Candidates < 0 (ScaNN pads when it finds fewer than k') and repeats never win a place."""
@@ -126,12 +130,17 @@ def _approximate_searcher(embeddings: np.ndarray, settings: SearchSettings):
     rows = len(embeddings)
     options = settings.query_options(rows)
     builder = _scann_builder(embeddings, options["final_num_neighbors"]).tree(
-        num_leaves=settings.leaves(rows), num_leaves_to_search=options["leaves_to_search"],
+        num_leaves=settings.leaves(rows),
+        num_leaves_to_search=options["leaves_to_search"],
         training_sample_size=min(rows, settings.training_sample),
     )
     # Anisotropic hashing scores candidates cheaply; ScaNN's own exact re-order (in squared L2)
     # sharpens the k' list before our exact L1 pass. Both depths are per-query options.
-    return builder.score_ah(2, anisotropic_quantization_threshold=0.2).reorder(options["pre_reorder_num_neighbors"]).build()
+    return (
+        builder.score_ah(2, anisotropic_quantization_threshold=0.2)
+        .reorder(options["pre_reorder_num_neighbors"])
+        .build()
+    )
 
 
 class L1Index:
@@ -145,7 +154,7 @@ class L1Index:
         self.searcher = searcher
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, settings: SearchSettings, m: int) -> "L1Index":
+    def build(cls, embeddings: np.ndarray, settings: SearchSettings, m: int) -> L1Index:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         _check_shapes((1, embeddings.shape[1]), embeddings.shape, m)
         index = cls(embeddings, settings, m)
@@ -178,8 +187,14 @@ class L1Index:
                 os.makedirs(os.path.join(stage, SCANN_DIR))
                 # Relative asset paths: the directory is read back from another place.
                 self.searcher.serialize(os.path.join(stage, SCANN_DIR), relative_path=True)
-            meta = {"mode": self.mode, "m": self.m, "rows": len(self.embeddings), "dim": int(self.embeddings.shape[1]),
-                    "distance": "l1", "settings": dataclasses.asdict(self.settings)}
+            meta = {
+                "mode": self.mode,
+                "m": self.m,
+                "rows": len(self.embeddings),
+                "dim": int(self.embeddings.shape[1]),
+                "distance": "l1",
+                "settings": dataclasses.asdict(self.settings),
+            }
             files = {}
             for root, _, names in os.walk(stage):
                 for name in names:
@@ -191,7 +206,7 @@ class L1Index:
             storage.write_bytes_atomic(storage.join(directory, INDEX_FILE), json.dumps(meta, indent=2).encode())
 
     @classmethod
-    def load(cls, directory: str) -> "L1Index":
+    def load(cls, directory: str) -> L1Index:
         index_uri = storage.join(directory, INDEX_FILE)
         if not storage.exists(index_uri):
             raise FileNotFoundError(f"{directory} holds no finished L1 index (no {INDEX_FILE})")
@@ -211,7 +226,7 @@ class L1Index:
 
 
 def tune_approximate(
-    index: "L1Index",
+    index: L1Index,
     queries: np.ndarray,
     target_recall: float,
     leaves_options: tuple[int, ...] = (),
@@ -237,8 +252,12 @@ def tune_approximate(
                 started = time.perf_counter()
                 _, found = index.search(queries)
                 qps = len(queries) / (time.perf_counter() - started)
-                point = {"leaves_to_search": leaves_to_search, "candidates": candidates,
-                         "recall": recall_at_m(found, exact), "qps": qps}
+                point = {
+                    "leaves_to_search": leaves_to_search,
+                    "candidates": candidates,
+                    "recall": recall_at_m(found, exact),
+                    "qps": qps,
+                }
                 points.append(point)
                 if point["recall"] >= target_recall:
                     if best is None or qps > best["qps"]:
@@ -247,4 +266,6 @@ def tune_approximate(
     finally:
         index.settings = saved
     chosen = best or points[-1]
-    return dataclasses.replace(saved, leaves_to_search=chosen["leaves_to_search"], candidates=chosen["candidates"]), points
+    return dataclasses.replace(
+        saved, leaves_to_search=chosen["leaves_to_search"], candidates=chosen["candidates"]
+    ), points

@@ -106,7 +106,9 @@ def _block_forward(rows, cols, row_labels, col_labels, tolerance, q, diagonal_of
     return terms.sum(), positive.sum()
 
 
-def _block_backward(rows, cols, row_labels, col_labels, tolerance, q, diagonal_offset, scale, want_cols, compiled: bool):
+def _block_backward(
+    rows, cols, row_labels, col_labels, tolerance, q, diagonal_offset, scale, want_cols, compiled: bool
+):
     """Gradients of scale * (block's pair sum) w.r.t. the block's rows and, if want_cols, its columns.
 
     dD_ij/dx_i = sign(x_i - y_j) = -dD_ij/dy_j, so both are slope-weighted sums of one sign tensor."""
@@ -191,8 +193,15 @@ class _ChunkedPairSum(torch.autograd.Function):
             for start in range(0, len(rows), chunk_rows):
                 stop = min(start + chunk_rows, len(rows))
                 chunk_grad_rows, chunk_grad_cols = block_backward(
-                    rows[start:stop], cols, row_labels[start:stop], col_labels,
-                    tolerance, q, row_offset + start, scale, not symmetric,
+                    rows[start:stop],
+                    cols,
+                    row_labels[start:stop],
+                    col_labels,
+                    tolerance,
+                    q,
+                    row_offset + start,
+                    scale,
+                    not symmetric,
                 )
                 grad_rows[start:stop] = chunk_grad_rows
                 if not symmetric:
@@ -224,7 +233,16 @@ def revised_contrastive_pair_sum(
         # One tensor as rows and columns (the single-process batch): a symmetric dL/dD.
         symmetric = row_embeddings is col_embeddings and row_labels is col_labels and row_offset == 0
         return _ChunkedPairSum.apply(
-            row_embeddings, col_embeddings, row_labels, col_labels, tolerance, q, row_offset, chunk_rows, symmetric, kernel
+            row_embeddings,
+            col_embeddings,
+            row_labels,
+            col_labels,
+            tolerance,
+            q,
+            row_offset,
+            chunk_rows,
+            symmetric,
+            kernel,
         )
     return _pair_sum_dense(row_embeddings, row_labels, col_embeddings, col_labels, tolerance, q, row_offset)
 

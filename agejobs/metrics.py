@@ -43,27 +43,37 @@ DEFINITIONS: dict[str, Definition] = {
     "train_epoch": Definition("gauge", "Epochs completed."),
     "train_age_loss": Definition("gauge", "Age revised contrastive loss of the last global batch."),
     "train_gender_loss": Definition("gauge", "Gender revised contrastive loss of the last global batch."),
-    "train_positive_pair_ratio": Definition("gauge", "Fraction of ordered pairs of the last global batch that are age positives."),
+    "train_positive_pair_ratio": Definition(
+        "gauge", "Fraction of ordered pairs of the last global batch that are age positives."
+    ),
     "train_images_per_second": Definition("gauge", "Training throughput of the current epoch."),
     "train_gather_seconds": Definition("counter", "Seconds spent gathering embeddings across workers."),
     "train_seconds_since_checkpoint": Definition("gauge", "Seconds since the last checkpoint was reported."),
     # ingestion (imports, verify, pack)
     "ingest_rows_read": Definition("counter", "Input rows read by import, verify and pack.", ("stage",)),
-    "ingest_rows_rejected": Definition("counter", "Input rows rejected, by stage and reason class.", ("stage", "reason")),
+    "ingest_rows_rejected": Definition(
+        "counter", "Input rows rejected, by stage and reason class.", ("stage", "reason")
+    ),
     # scoring
     "score_images": Definition("counter", "Images scored (a prediction written)."),
     "score_errors": Definition("counter", "Images that could not be scored, by reason class.", ("reason",)),
     # preprocessing (every decode: training, galleries, evaluation, scoring)
     "face_outcomes": Definition(
-        "counter", "Decoded images by what the face search found (one_face, several_faces, no_face, not_searched).", ("outcome",)
+        "counter",
+        "Decoded images by what the face search found (one_face, several_faces, no_face, not_searched).",
+        ("outcome",),
     ),
     "score_batch_latency_seconds": Definition("histogram", "Seconds per batch of a scoring stage.", ("stage",)),
     "score_shards_done": Definition("counter", "Output shards written with their done-marker."),
     # the scoring run in progress (set by its driver): what the alert rules watch
     "score_run_shards": Definition("gauge", "Input shards of the running scoring run."),
-    "score_run_shards_done": Definition("gauge", "Input shards of the running scoring run that are done (earlier runs' included)."),
+    "score_run_shards_done": Definition(
+        "gauge", "Input shards of the running scoring run that are done (earlier runs' included)."
+    ),
     "score_run_started_timestamp_seconds": Definition("gauge", "Unix time the running scoring run started."),
-    "score_last_shard_done_timestamp_seconds": Definition("gauge", "Unix time the running scoring run last finished a shard (or started)."),
+    "score_last_shard_done_timestamp_seconds": Definition(
+        "gauge", "Unix time the running scoring run last finished a shard (or started)."
+    ),
 }
 
 

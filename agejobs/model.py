@@ -134,8 +134,9 @@ def build_model(
     return AgeEmbeddingNet(net, feature_dim, method, age_dim, gender_dim, dropout, max_age)
 
 
-def build_model_from_config(model_cfg: ModelConfig, method: str, max_age: int = TrainConfig.max_age,
-                            weights: str | None = None) -> AgeEmbeddingNet:
+def build_model_from_config(
+    model_cfg: ModelConfig, method: str, max_age: int = TrainConfig.max_age, weights: str | None = None
+) -> AgeEmbeddingNet:
     """The model as the config describes it, in its memory format (feed it `to_model_input(...,
     channels_last=model_cfg.channels_last)`); later `.to(device)` and `load_state_dict` keep it."""
     model = build_model(

@@ -96,7 +96,9 @@ def _mean_file_bytes(paths: list[str]) -> float:
     return sum(sizes) / len(sizes) if sizes else 1.0
 
 
-def make_plan(manifest: pa.Table, source: str, target_shard_bytes: int, verify_images: bool, row_order_seed: int = 0) -> PackPlan:
+def make_plan(
+    manifest: pa.Table, source: str, target_shard_bytes: int, verify_images: bool, row_order_seed: int = 0
+) -> PackPlan:
     rows = manifest.num_rows
     rows_per_shard = max(1, int(target_shard_bytes // _mean_file_bytes(manifest.column("path").to_pylist())))
     num_shards = max(1, math.ceil(rows / rows_per_shard))
@@ -136,8 +138,9 @@ def write_shard(packed: list[dict], rejected: list[Rejected], out_uri: str, inde
     return counts
 
 
-def load_or_make_plan(manifest: pa.Table, manifest_uri: str, out_uri: str, target_shard_bytes: int,
-                      verify_images: bool) -> PackPlan:
+def load_or_make_plan(
+    manifest: pa.Table, manifest_uri: str, out_uri: str, target_shard_bytes: int, verify_images: bool
+) -> PackPlan:
     """The recorded plan (its sharding keeps finished shards valid), or a new one, recorded."""
     rows = manifest.num_rows
 
@@ -149,9 +152,12 @@ def load_or_make_plan(manifest: pa.Table, manifest_uri: str, out_uri: str, targe
         )
 
     return shards.load_or_record_plan(
-        storage.join(out_uri, PLAN_FILE), PackPlan,
+        storage.join(out_uri, PLAN_FILE),
+        PackPlan,
         {"source": manifest_uri, "rows": rows, "target_shard_bytes": target_shard_bytes},
-        lambda: make_plan(manifest, manifest_uri, target_shard_bytes, verify_images), refusal, PLAN_INDENT,
+        lambda: make_plan(manifest, manifest_uri, target_shard_bytes, verify_images),
+        refusal,
+        PLAN_INDENT,
     )
 
 
@@ -194,6 +200,7 @@ def pack(
         for index in todo:
             results[index] = pack_shard(shard_slice(manifest, plan, index, order), out_uri, plan, index)
     elif runner == "ray":
+
         def arguments(index: int) -> tuple:
             return shard_slice(manifest, plan, index, order), out_uri, plan, index
 

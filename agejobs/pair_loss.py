@@ -33,8 +33,15 @@ class SiameseLoss(torch.nn.Module):
     the process group exists (and is the same object on one process, where both are trivial).
     """
 
-    def __init__(self, age_tolerance: float, q: float = 100.0, gender_weight: float = 1.0, pairs: str = "global",
-                 chunk_rows: int = 256, kernel: str = "compiled"):
+    def __init__(
+        self,
+        age_tolerance: float,
+        q: float = 100.0,
+        gender_weight: float = 1.0,
+        pairs: str = "global",
+        chunk_rows: int = 256,
+        kernel: str = "compiled",
+    ):
         super().__init__()
         if pairs not in ("global", "local"):
             raise ValueError(f"pairs must be 'global' or 'local', not {pairs!r}")
@@ -53,20 +60,29 @@ class SiameseLoss(torch.nn.Module):
         scale = distributed.global_pair_loss_scale() if use_global else 1
 
         age_loss, age_positives, gather_seconds = self._task_loss(
-            outputs["age"], ages, self.age_tolerance, use_global, offset, pair_count)
+            outputs["age"], ages, self.age_tolerance, use_global, offset, pair_count
+        )
         loss = age_loss
         gender_loss = torch.zeros((), device=age_loss.device)
         if self.gender_weight > 0:
             gender_loss, _, gender_gather_seconds = self._task_loss(
-                outputs["gender"], genders, 0, use_global, offset, pair_count)
+                outputs["gender"], genders, 0, use_global, offset, pair_count
+            )
             gather_seconds += gender_gather_seconds
             loss = age_loss + self.gender_weight * gender_loss
         log = self._batch_log(age_loss, gender_loss, age_positives, use_global, world, pair_count)
         log["gather_s"] = gather_seconds  # this worker's forward gathers (the backward all-reduce is in DDP's time)
         return loss * scale, log
 
-    def _task_loss(self, embeddings: torch.Tensor, labels: torch.Tensor, tolerance: float, use_global: bool,
-                   offset: int, pair_count: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def _task_loss(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        tolerance: float,
+        use_global: bool,
+        offset: int,
+        pair_count: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(this worker's share of one task's mean pair loss, its positive pairs, seconds gathering)."""
         # The pair loss runs in at least fp32 under autocast (exp and squares overflow in bf16).
         embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
@@ -85,7 +101,8 @@ class SiameseLoss(torch.nn.Module):
         or the mean of per-worker losses (local pairs)."""
         divisor = 1 if use_global else world
         summed = distributed.all_reduce_sum(
-            torch.stack([age_loss.detach(), gender_loss.detach(), age_positives.float()]))
+            torch.stack([age_loss.detach(), gender_loss.detach(), age_positives.float()])
+        )
         total_pairs = pair_count * (1 if use_global else world)
         return {
             "age_loss": summed[0].item() / divisor,
@@ -117,6 +134,12 @@ class BaselineLoss(torch.nn.Module):
 def make_loss(loss_cfg: LossConfig, method: str) -> torch.nn.Module:
     """The loss a run trains with: the pair loss for train.method=siamese, else the baseline's."""
     if method == "siamese":
-        return SiameseLoss(loss_cfg.age_tolerance, loss_cfg.q, loss_cfg.gender_weight, loss_cfg.pairs,
-                           loss_cfg.chunk_rows, loss_cfg.kernel)
+        return SiameseLoss(
+            loss_cfg.age_tolerance,
+            loss_cfg.q,
+            loss_cfg.gender_weight,
+            loss_cfg.pairs,
+            loss_cfg.chunk_rows,
+            loss_cfg.kernel,
+        )
     return BaselineLoss(method)

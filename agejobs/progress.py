@@ -52,8 +52,11 @@ def format_epoch(label: str, report: dict, epochs: int | None = None) -> str:
     """`[label] epoch 2/5: 122 steps, age_loss 41.3, gender_loss 12.0, positive pairs 0.11, 142 images/s`"""
     epoch = f"{report['epoch']}/{epochs}" if epochs else str(report["epoch"])
     parts = [f"{report['epoch_steps']} steps"]
-    for key, name, digits in (("age_loss", "age_loss", 4), ("gender_loss", "gender_loss", 4),
-                              ("positive_pair_ratio", "positive pairs", 2)):
+    for key, name, digits in (
+        ("age_loss", "age_loss", 4),
+        ("gender_loss", "gender_loss", 4),
+        ("positive_pair_ratio", "positive pairs", 2),
+    ):
         if key in report:
             parts.append(f"{name} {report[key]:.{digits}g}")
     parts.append(f"{report['images_per_s']:.0f} images/s")
@@ -69,7 +72,7 @@ class TrainingProgress:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "TrainingProgress":
+    def __enter__(self) -> TrainingProgress:
         from tqdm.auto import tqdm
 
         self.board = _board_class().remote()

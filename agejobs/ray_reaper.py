@@ -73,7 +73,11 @@ def session_pids(temp_dir: str) -> list[int]:
     if not os.path.isdir("/proc"):
         return []
     root = os.path.realpath(temp_dir)
-    return [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and int(pid) != os.getpid() and _process_uses(pid, root)]
+    return [
+        int(pid)
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and int(pid) != os.getpid() and _process_uses(pid, root)
+    ]
 
 
 def reap(temp_dir: str) -> None:
@@ -95,8 +99,12 @@ def claim(temp_dir: str) -> subprocess.Popen | None:
     search_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
     return subprocess.Popen(
         [sys.executable, "-m", __name__, str(owner["pid"]), str(ticks), temp_dir],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, cwd="/", env={**os.environ, "PYTHONPATH": search_path},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": search_path},
     )
 
 

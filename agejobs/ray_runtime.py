@@ -14,7 +14,6 @@ import warnings
 
 from agejobs.ray_reaper import TEMP_PREFIX, claim, reap, reap_orphans, release, temp_root
 
-
 # Logical CPUs of a local instance when none are given: Ray Data's ListFiles task takes 1 CPU and
 # cannot be told otherwise, and embedding pipelines hold 1.5 in actors (decode 0.5, embed 1) from
 # the start, so on a 2-core machine a gallery build could wait forever for its file listing.
@@ -25,8 +24,13 @@ CONSOLE_LEVELS = ("quiet", "warnings", "verbose")
 
 
 @contextlib.contextmanager
-def ray_session(address: str = "", num_cpus: int = 0, console: str = "warnings", metrics_export_port: int = 0,
-                object_store_mb: int = 0):
+def ray_session(
+    address: str = "",
+    num_cpus: int = 0,
+    console: str = "warnings",
+    metrics_export_port: int = 0,
+    object_store_mb: int = 0,
+):
     """Yield with Ray initialised; shut down afterwards only if this call started it.
 
     `console` for a local instance: "quiet" (the CLI's default: Ray forwards no worker output

@@ -51,7 +51,7 @@ class LocalS3:
     def environment(self) -> dict[str, str]:
         return {**DUMMY_ENVIRONMENT, "AWS_ENDPOINT_URL": self.endpoint_url}
 
-    def start(self) -> "LocalS3":
+    def start(self) -> LocalS3:
         try:
             import moto.server  # noqa: F401
         except ImportError as error:
@@ -69,7 +69,9 @@ class LocalS3:
                 raise RuntimeError(f"moto S3 server exited with code {self.process.returncode} on port {self.port}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"moto S3 server did not answer on {self.endpoint_url} in {self.start_timeout_s:.0f} s")
+                raise RuntimeError(
+                    f"moto S3 server did not answer on {self.endpoint_url} in {self.start_timeout_s:.0f} s"
+                )
             time.sleep(0.1)
         if self.export_environment:
             for name, value in self.environment().items():
@@ -109,7 +111,7 @@ class LocalS3:
         self._saved_environment.clear()
         self._reset_filesystems()
 
-    def __enter__(self) -> "LocalS3":
+    def __enter__(self) -> LocalS3:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

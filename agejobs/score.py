@@ -39,9 +39,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import metrics, pack, shards, storage
+from agejobs.checkpoint import checkpoint_identity
 from agejobs.config import Config, ResourcesConfig
 from agejobs.data import DecodeFaces, read_row_groups
-from agejobs.checkpoint import checkpoint_identity
 from agejobs.gallery import Embedder, check_gallery_matches, load_gallery, read_gallery_manifest
 from agejobs.images import Preprocessing
 
@@ -95,11 +95,13 @@ def make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
     if not listing:
         raise ValueError(f"{source_uri}: no files to score")
     prefix = source_uri.rstrip("/") + "/"
-    table = pa.table({
-        "input_shard": pa.array([index // shard_images for index in range(len(listing))], pa.int32()),
-        "image_id": pa.array([uri.removeprefix(prefix) for uri in listing]),
-        "path": pa.array(listing),
-    })
+    table = pa.table(
+        {
+            "input_shard": pa.array([index // shard_images for index in range(len(listing))], pa.int32()),
+            "image_id": pa.array([uri.removeprefix(prefix) for uri in listing]),
+            "path": pa.array(listing),
+        }
+    )
     # Row groups of at most pack.ROW_GROUP_ROWS, none crossing a shard: one Ray Data block each,
     # so the stages pipeline in small blocks whatever the shard size (as they do for packs).
     buffer = pa.BufferOutputStream()
@@ -120,7 +122,9 @@ def make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
 def load_or_make_plan(source_uri: str, run_uri: str, shard_images: int) -> ScorePlan:
     """The run's recorded plan (an archive snapshot), or a new one, recorded."""
     return shards.load_or_record_plan(
-        storage.join(run_uri, PLAN_FILE), ScorePlan, {"source": source_uri},
+        storage.join(run_uri, PLAN_FILE),
+        ScorePlan,
+        {"source": source_uri},
         lambda: make_plan(source_uri, run_uri, shard_images),
         lambda recorded: f"run {run_uri} scores {recorded.source}, not {source_uri}: use another run id or output",
     )
@@ -157,7 +161,10 @@ class SearchGallery:
     def __call__(self, batch: dict) -> dict:
         started = time.perf_counter()
         ok = np.asarray(batch["error"]) == ""
-        out = {name: batch[name] for name in ("input_shard", "image_id", "path", "error", "error_class", "face_outcome", "faces_found")}
+        out = {
+            name: batch[name]
+            for name in ("input_shard", "image_id", "path", "error", "error_class", "face_outcome", "faces_found")
+        }
         estimates = self.gallery.estimate(batch["age_embedding"][ok], batch["gender_embedding"][ok]) if ok.any() else {}
         for name, dtype in zip(PREDICTION_COLUMNS, (np.float32, np.float32, np.int8, np.float32)):
             column = np.full(len(ok), -1 if dtype == np.int8 else np.nan, dtype=dtype)
@@ -228,33 +235,37 @@ def _prediction_table(columns: dict[str, np.ndarray], ok: np.ndarray, index: int
     """Input shard `index`'s scored rows (`ok`) as an output shard, stamped with model, gallery and run."""
     scored = int(ok.sum())
     scored_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return pa.table({
-        "input_shard": pa.array(np.full(scored, index, dtype=np.int32)),
-        "image_id": _column(columns, "image_id", ok, pa.string()),
-        "path": _column(columns, "path", ok, pa.string()),
-        "predicted_age": _column(columns, "predicted_age", ok, pa.float32()),
-        "age_spread": _column(columns, "age_spread", ok, pa.float32()),
-        "predicted_gender": _column(columns, "predicted_gender", ok, pa.int8()),
-        "gender_vote_share": _column(columns, "gender_vote_share", ok, pa.float32()),
-        "face_outcome": _column(columns, "face_outcome", ok, pa.string()),
-        "faces_found": _column(columns, "faces_found", ok, pa.int16()),
-        **{name: pa.array([value] * scored, pa.string()) for name, value in stamp.items()},
-        "scored_at": pa.array([scored_at] * scored, pa.string()),
-    })
+    return pa.table(
+        {
+            "input_shard": pa.array(np.full(scored, index, dtype=np.int32)),
+            "image_id": _column(columns, "image_id", ok, pa.string()),
+            "path": _column(columns, "path", ok, pa.string()),
+            "predicted_age": _column(columns, "predicted_age", ok, pa.float32()),
+            "age_spread": _column(columns, "age_spread", ok, pa.float32()),
+            "predicted_gender": _column(columns, "predicted_gender", ok, pa.int8()),
+            "gender_vote_share": _column(columns, "gender_vote_share", ok, pa.float32()),
+            "face_outcome": _column(columns, "face_outcome", ok, pa.string()),
+            "faces_found": _column(columns, "faces_found", ok, pa.int16()),
+            **{name: pa.array([value] * scored, pa.string()) for name, value in stamp.items()},
+            "scored_at": pa.array([scored_at] * scored, pa.string()),
+        }
+    )
 
 
 def _error_table(columns: dict[str, np.ndarray], ok: np.ndarray, index: int) -> pa.Table:
     """Input shard `index`'s failed rows (not `ok`) as its errors table."""
     failed = ~ok
-    return pa.table({
-        "input_shard": pa.array(np.full(int(failed.sum()), index, dtype=np.int32)),
-        "image_id": _column(columns, "image_id", failed, pa.string()),
-        "path": _column(columns, "path", failed, pa.string()),
-        "stage": pa.array([STAGE_DECODE] * int(failed.sum()), pa.string()),
-        "reason": _column(columns, "error", failed, pa.string()),
-        "reason_class": _column(columns, "error_class", failed, pa.string()),
-        "face_outcome": _column(columns, "face_outcome", failed, pa.string()),
-    })
+    return pa.table(
+        {
+            "input_shard": pa.array(np.full(int(failed.sum()), index, dtype=np.int32)),
+            "image_id": _column(columns, "image_id", failed, pa.string()),
+            "path": _column(columns, "path", failed, pa.string()),
+            "stage": pa.array([STAGE_DECODE] * int(failed.sum()), pa.string()),
+            "reason": _column(columns, "error", failed, pa.string()),
+            "reason_class": _column(columns, "error_class", failed, pa.string()),
+            "face_outcome": _column(columns, "face_outcome", failed, pa.string()),
+        }
+    )
 
 
 def finished_run(run_uri: str, stamp: dict) -> dict | None:
@@ -270,8 +281,15 @@ def finished_run(run_uri: str, stamp: dict) -> dict | None:
     return stored
 
 
-def scoring_pipeline(plan: ScorePlan, pending: list[int], checkpoint: str, gallery_uri: str, fingerprint: str,
-                     preprocessing: Preprocessing, resources: ResourcesConfig):
+def scoring_pipeline(
+    plan: ScorePlan,
+    pending: list[int],
+    checkpoint: str,
+    gallery_uri: str,
+    fingerprint: str,
+    preprocessing: Preprocessing,
+    resources: ResourcesConfig,
+):
     """The Ray Dataset of the pending input shards' rows through read -> decode -> embed -> search,
     each stage sized by its `resources` block; None when no pending shard has rows."""
     import ray
@@ -279,33 +297,50 @@ def scoring_pipeline(plan: ScorePlan, pending: list[int], checkpoint: str, galle
 
     descriptors = [
         {"shard": plan.files[index], "row_group": group, "input_shard": index}
-        for index in pending if plan.shard_rows[index] for group in plan.row_groups[index]
+        for index in pending
+        if plan.shard_rows[index]
+        for group in plan.row_groups[index]
     ]
     if not descriptors:
         return None
     read, decode, embed, search = resources.read, resources.decode, resources.embed, resources.search
     columns = ["image_id", "path"] + (["image_bytes"] if plan.kind == "pack" else [])
     ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors)).map_batches(
-        read_input_rows, fn_kwargs={"columns": columns}, batch_size=1, batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=read.concurrency), num_cpus=read.cpus,
+        read_input_rows,
+        fn_kwargs={"columns": columns},
+        batch_size=1,
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=read.concurrency),
+        num_cpus=read.cpus,
     )
     ds = ds.map_batches(
-        DecodeFaces, fn_constructor_kwargs={"preprocessing": preprocessing}, batch_size=decode.batch_size,
-        batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=decode.concurrency), num_cpus=decode.cpus,
+        DecodeFaces,
+        fn_constructor_kwargs={"preprocessing": preprocessing},
+        batch_size=decode.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=decode.concurrency),
+        num_cpus=decode.cpus,
     )
     ds = ds.map_batches(
-        EmbedFaces, fn_constructor_kwargs={"checkpoint_dir": checkpoint, "torch_threads": embed.torch_threads},
-        batch_size=embed.batch_size, batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=embed.concurrency),
-        num_cpus=0 if embed.gpus else embed.cpus, num_gpus=embed.gpus,
+        EmbedFaces,
+        fn_constructor_kwargs={"checkpoint_dir": checkpoint, "torch_threads": embed.torch_threads},
+        batch_size=embed.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=embed.concurrency),
+        num_cpus=0 if embed.gpus else embed.cpus,
+        num_gpus=embed.gpus,
     )
     return ds.map_batches(
-        SearchGallery, fn_constructor_kwargs={"gallery_uri": gallery_uri, "checkpoint": checkpoint, "fingerprint": fingerprint},
-        batch_size=search.batch_size, batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=search.concurrency), num_cpus=search.cpus,
+        SearchGallery,
+        fn_constructor_kwargs={"gallery_uri": gallery_uri, "checkpoint": checkpoint, "fingerprint": fingerprint},
+        batch_size=search.batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=search.concurrency),
+        num_cpus=search.cpus,
     )
 
 
-def write_scored_rows(ds, writer: "ShardWriter", started: float) -> float | None:
+def write_scored_rows(ds, writer: ShardWriter, started: float) -> float | None:
     """Every row of the pipeline into its shard's writer; returns seconds to the first output."""
     first_output_s = None
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
@@ -317,9 +352,12 @@ def write_scored_rows(ds, writer: "ShardWriter", started: float) -> float | None
 
 
 def start_run_gauges(plan: ScorePlan, pending: list[int]) -> None:
-    for name, value in (("score_run_shards", plan.num_shards), ("score_run_shards_done", plan.num_shards - len(pending)),
-                        ("score_run_started_timestamp_seconds", time.time()),
-                        ("score_last_shard_done_timestamp_seconds", time.time())):
+    for name, value in (
+        ("score_run_shards", plan.num_shards),
+        ("score_run_shards_done", plan.num_shards - len(pending)),
+        ("score_run_started_timestamp_seconds", time.time()),
+        ("score_last_shard_done_timestamp_seconds", time.time()),
+    ):
         metrics.set_gauge(name, value)
 
 
@@ -337,12 +375,20 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     pending = shards.not_done(run_uri, plan.num_shards)
     done = plan.num_shards - len(pending)
     log.info("score %s -> %s: %d input shards, %d already done", source_uri, run_uri, plan.num_shards, done)
-    stamp = {"model_version": fingerprint[:16], "gallery_version": gallery_manifest["gallery_version"],
-             "run_id": run_id}
+    stamp = {
+        "model_version": fingerprint[:16],
+        "gallery_version": gallery_manifest["gallery_version"],
+        "run_id": run_id,
+    }
     finished = finished_run(run_uri, stamp) if not pending else None
     if finished is not None:  # a rerun of a finished night writes nothing, run.json included
-        return {**finished, "shards_skipped": plan.num_shards, "shards_written": 0, "first_output_s": None,
-                "seconds": round(time.perf_counter() - started, 2)}
+        return {
+            **finished,
+            "shards_skipped": plan.num_shards,
+            "shards_written": 0,
+            "first_output_s": None,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
     start_run_gauges(plan, pending)
     writer = ShardWriter(run_uri, plan, pending, stamp, cfg.score.fail_after_shards)
     ds = scoring_pipeline(plan, pending, checkpoint, gallery_uri, fingerprint, preprocessing, cfg.resources)
@@ -353,9 +399,15 @@ def score_archive(source_uri: str, out_uri: str, run_id: str, checkpoint: str, g
     counts = shards.done_counts(run_uri, plan.num_shards)
     totals = {key: sum(c[key] for c in counts) for key in ("rows_in", "scored", "errors")}
     summary = {
-        "run_id": run_id, "source": source_uri, "shards": plan.num_shards, "shards_skipped": plan.num_shards - len(pending),
-        "shards_written": len(writer.written), **totals, **stamp,
-        "first_output_s": first_output_s, "seconds": round(time.perf_counter() - started, 2),
+        "run_id": run_id,
+        "source": source_uri,
+        "shards": plan.num_shards,
+        "shards_skipped": plan.num_shards - len(pending),
+        "shards_written": len(writer.written),
+        **totals,
+        **stamp,
+        "first_output_s": first_output_s,
+        "seconds": round(time.perf_counter() - started, 2),
     }
     storage.write_bytes_atomic(storage.join(run_uri, RUN_FILE), json.dumps(summary, indent=1).encode())
     return summary

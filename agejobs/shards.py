@@ -19,8 +19,8 @@ shards were cut by it), and one whose inputs differ is refused: `load_or_record_
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import TypeVar
 
 import pyarrow as pa
@@ -47,14 +47,16 @@ def write_table_atomic(table: pa.Table, uri: str, **write_options) -> None:
     storage.write_bytes_atomic(uri, buffer.getvalue().to_pybytes())
 
 
-def write_tables(data_uri: str, data: pa.Table, errors_uri: str, errors: pa.Table, counts: dict | None = None,
-                 **write_options) -> None:
+def write_tables(
+    data_uri: str, data: pa.Table, errors_uri: str, errors: pa.Table, counts: dict | None = None, **write_options
+) -> None:
     """The errors table, then the data table (`write_options` go to it), then, given `counts`,
     the data table's done-marker carrying them."""
     if counts is not None and counts.get("rows_in") != data.num_rows + errors.num_rows:
         # A marker that disagrees with its tables would make every total built from markers wrong.
         raise ValueError(
-            f"{data_uri}: counts {counts} do not add up to {data.num_rows} rows + {errors.num_rows} errors")
+            f"{data_uri}: counts {counts} do not add up to {data.num_rows} rows + {errors.num_rows} errors"
+        )
     write_table_atomic(errors, errors_uri)
     write_table_atomic(data, data_uri, **write_options)
     if counts is not None:
@@ -85,8 +87,14 @@ def record_plan(plan_uri: str, plan, indent: int | None = None) -> None:
     storage.write_bytes_atomic(plan_uri, json.dumps(asdict(plan), indent=indent).encode())
 
 
-def load_or_record_plan(plan_uri: str, plan_type: type[Plan], wanted: dict, make: Callable[[], Plan],
-                        refusal: Callable[[Plan], str], indent: int | None = None) -> Plan:
+def load_or_record_plan(
+    plan_uri: str,
+    plan_type: type[Plan],
+    wanted: dict,
+    make: Callable[[], Plan],
+    refusal: Callable[[Plan], str],
+    indent: int | None = None,
+) -> Plan:
     """The plan recorded at `plan_uri` when its fields agree with `wanted`; with none recorded,
     `make()`'s, recorded first (`indent` as in record_plan). A recorded plan that disagrees is a
     ValueError(refusal(recorded)), whose message must name both: the job must not mix shards of

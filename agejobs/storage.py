@@ -189,7 +189,7 @@ def find_files(uri: str) -> list[tuple[str, int]]:
         raise _named(uri, FileNotFoundError(path))
     files = []
     for name, entry in entries.items():
-        relative = name[len(root):].lstrip("/")
+        relative = name[len(root) :].lstrip("/")
         if entry.get("type", "file") == "file" and not any(part.startswith(".") for part in relative.split("/")):
             files.append((uri_of(uri, name), int(entry.get("size") or 0)))
     return sorted(files)

@@ -203,8 +203,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     while ctx.state.epoch < ctx.cfg.train.epochs and not stop:
         ctx.model.train()
         tally = EpochTally()
-        for batch in epoch_batches(ctx.shard, ctx.local_batch, ctx.shuffle_buffer_rows, ctx.cfg, ctx.state.epoch,
-                                   ctx.rank):
+        for batch in epoch_batches(
+            ctx.shard, ctx.local_batch, ctx.shuffle_buffer_rows, ctx.cfg, ctx.state.epoch, ctx.rank
+        ):
             log = train_step(ctx, batch)
             stop = after_step(ctx, tally, log)
             if stop:
@@ -230,7 +231,13 @@ def setup_worker(loop_config: dict) -> WorkerContext:
     if not resumed:
         seed_worker_rng(cfg.train.seed, rank)  # a different dropout stream per worker
     return WorkerContext(
-        cfg=cfg, rank=rank, world=world, device=device, model=model, optimizer=optimizer, state=state,
+        cfg=cfg,
+        rank=rank,
+        world=world,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        state=state,
         shard=ray.train.get_dataset_shard("train"),
         local_batch=cfg.train.batch_size // world,
         epoch_length=steps_per_epoch(loop_config["train_rows"], cfg),
@@ -330,7 +337,8 @@ def end_epoch(ctx: WorkerContext, tally: EpochTally, stopped_early: bool) -> Non
     # The global rate uses the slowest worker's clock: a worker that started its epoch early
     # (and then waited for rank 0 to write the last checkpoint) counts that wait.
     epoch_seconds = distributed.all_reduce_max(
-        torch.tensor([time.monotonic() - tally.started], dtype=torch.float64, device=ctx.device)).item()
+        torch.tensor([time.monotonic() - tally.started], dtype=torch.float64, device=ctx.device)
+    ).item()
     ctx.state.epoch += 1
     ctx.state.elapsed_s = time.monotonic() - ctx.started
     ctx.state.rng_per_rank = distributed.gather_objects(capture_rng())
@@ -378,8 +386,11 @@ def epoch_batches(shard, local_batch: int, shuffle_buffer_rows: int, cfg: Config
         batch_size=local_batch,
         drop_last=True,
         local_shuffle_buffer_size=shuffle_buffer_rows or None,
-        local_shuffle_seed=(int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0])
-                            if shuffle_buffer_rows else None),
+        local_shuffle_seed=(
+            int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0])
+            if shuffle_buffer_rows
+            else None
+        ),
         pin_memory=cfg.train.use_gpu,
     )
 
@@ -421,8 +432,9 @@ def make_trainer(loop, loop_config: dict, cfg: Config, train_ds, run_name: str, 
     # Blocks reach the workers in the order the seeded shuffle made: same seed, same batches.
     # (Ray Train's default ingest options, built without the deprecated exclude_resources.)
     current = DataContext.get_current().execution_options
-    ingest = ExecutionOptions(resource_limits=current.resource_limits, preserve_order=True,
-                              verbose_progress=current.verbose_progress)
+    ingest = ExecutionOptions(
+        resource_limits=current.resource_limits, preserve_order=True, verbose_progress=current.verbose_progress
+    )
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
@@ -461,7 +473,12 @@ def split_age_stats(source_uri: str, split: str) -> tuple[int, float]:
 
 
 def run_training(
-    cfg: Config, manifest_uri: str, run_name: str, storage_path: str, train_ds=None, train_stats=None,
+    cfg: Config,
+    manifest_uri: str,
+    run_name: str,
+    storage_path: str,
+    train_ds=None,
+    train_stats=None,
     progress_label: str = "",
 ) -> TrainOutcome:
     """Launch TorchTrainer on the connected Ray cluster and wait for it.

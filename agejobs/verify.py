@@ -41,8 +41,12 @@ class CheckDecodable:
         for outcome in decode_or_reason(batch["path"], storage.read_bytes, decode_image):
             errors.append(outcome.reason)  # the decoded pixels are dropped here, one image at a time
             classes.append(outcome.reason_class)
-        return {"image_id": np.asarray(batch["image_id"]), "path": np.asarray(batch["path"]),
-                "error": np.asarray(errors, dtype=object), "error_class": np.asarray(classes, dtype=object)}
+        return {
+            "image_id": np.asarray(batch["image_id"]),
+            "path": np.asarray(batch["path"]),
+            "error": np.asarray(errors, dtype=object),
+            "error_class": np.asarray(classes, dtype=object),
+        }
 
 
 def undecodable(table: pa.Table, runner: str = "ray", concurrency: int = 1) -> dict[str, tuple[str, str, str]]:

@@ -42,9 +42,12 @@ def time_preprocessing(encoded: list[bytes], align: str, size: int) -> dict:
     outcomes = [preprocess_face(data, Preprocessing(size, align)).outcome for data in encoded]
     seconds = time.perf_counter() - started
     found = sum(outcome in ("one_face", "several_faces") for outcome in outcomes)
-    return {"faces_per_s": round(len(encoded) / seconds, 1), "ms_per_face": round(1000 * seconds / len(encoded), 2),
-            "detected": round(found / len(encoded), 4) if align != "none" else None,
-            "outcomes": {name: outcomes.count(name) for name in sorted(set(outcomes))}}
+    return {
+        "faces_per_s": round(len(encoded) / seconds, 1),
+        "ms_per_face": round(1000 * seconds / len(encoded), 2),
+        "detected": round(found / len(encoded), 4) if align != "none" else None,
+        "outcomes": {name: outcomes.count(name) for name in sorted(set(outcomes))},
+    }
 
 
 def time_forward(size: int, batch: int = 64, repeats: int = 4) -> float:
@@ -79,24 +82,38 @@ def main() -> int:
     cv2.setNumThreads(1)
     files = sorted(glob.glob(os.path.join(UTKFACE, "*.jpg")))[::25][: args.faces]
     chips = [open(path, "rb").read() for path in files]
-    photos = [reframe(decode_image(data, path), np.random.default_rng([0, index])) for index, (path, data) in enumerate(zip(files, chips))]
+    photos = [
+        reframe(decode_image(data, path), np.random.default_rng([0, index]))
+        for index, (path, data) in enumerate(zip(files, chips))
+    ]
     forward_ms = time_forward(args.size)
-    results = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args),
-               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-               "forward_ms_per_face": round(forward_ms, 2), "inputs": {}}
+    results = {
+        "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+        "settings": settings(args),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "forward_ms_per_face": round(forward_ms, 2),
+        "inputs": {},
+    }
     for name, encoded in (("utkface chips", chips), ("re-framed photos", photos)):
         modes = {mode: time_preprocessing(encoded, mode, args.size) for mode in ("none", "box", "landmarks")}
         for mode in modes.values():
             mode["share_of_scoring"] = round(mode["ms_per_face"] / (mode["ms_per_face"] + forward_ms), 3)
         results["inputs"][name] = modes
     write_results(args.out, results)
-    print(f"alignment, 1 core, {args.faces} faces, {args.size} px chips ({results['machine']}, {results['commit']}); "
-          f"MobileNetV2 forward {forward_ms:.2f} ms/face")
+    print(
+        f"alignment, 1 core, {args.faces} faces, {args.size} px chips ({results['machine']}, {results['commit']}); "
+        f"MobileNetV2 forward {forward_ms:.2f} ms/face"
+    )
     print(f"{'input':<18}{'data.align':<12}{'faces/s':>9}{'ms/face':>9}{'detected':>10}{'share of scoring':>18}")
     for name, modes in results["inputs"].items():
         for mode, row in modes.items():
             detected = "-" if row["detected"] is None else f"{100 * row['detected']:.1f}%"
-            print(f"{name:<18}{mode:<12}{row['faces_per_s']:>9.1f}{row['ms_per_face']:>9.2f}{detected:>10}{100 * row['share_of_scoring']:>17.1f}%")
+            print(
+                f"{name:<18}{mode:<12}{row['faces_per_s']:>9.1f}{row['ms_per_face']:>9.2f}{detected:>10}"
+                f"{100 * row['share_of_scoring']:>17.1f}%"
+            )
     print(f"wrote {args.out}")
     return 0
 

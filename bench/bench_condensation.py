@@ -42,8 +42,10 @@ def main() -> int:
 
     trained = load_trained_model(args.checkpoint)
     # Two decode and two embedding actors of 64 faces, as before the resources blocks.
-    resources = ResourcesConfig(decode=StageResources(concurrency=2, batch_size=64, cpus=0.5),
-                                embed=StageResources(concurrency=2, batch_size=64))
+    resources = ResourcesConfig(
+        decode=StageResources(concurrency=2, batch_size=64, cpus=0.5),
+        embed=StageResources(concurrency=2, batch_size=64),
+    )
     preprocessing = Preprocessing.of(trained.cfg.data)
     with ray_session(num_cpus=args.num_cpus):
         quiet_ray_data()
@@ -53,27 +55,40 @@ def main() -> int:
     for label in ["all"] + args.per_age.split(","):
         columns = reference if label == "all" else condense.per_age_prototypes(reference, int(label))
         started = time.perf_counter()
-        _, neighbours = knn.exact_l1_knn(queries["age_embedding"], columns["age_embedding"], min(args.m, len(columns["age"])))
-        _, gender_neighbours = knn.exact_l1_knn(queries["gender_embedding"], columns["gender_embedding"], min(args.m, len(columns["age"])))
+        _, neighbours = knn.exact_l1_knn(
+            queries["age_embedding"], columns["age_embedding"], min(args.m, len(columns["age"]))
+        )
+        _, gender_neighbours = knn.exact_l1_knn(
+            queries["gender_embedding"], columns["gender_embedding"], min(args.m, len(columns["age"]))
+        )
         seconds = time.perf_counter() - started
         predicted = gallery.mean_neighbour_age(neighbours, columns["age"])
         gender, _ = gallery.majority_neighbour_gender(gender_neighbours, columns["gender"])
-        rows.append({
-            "per_age": label, "gallery_size": len(columns["age"]),
-            "mae": evaluate.mean_absolute_error(predicted, queries["age"]),
-            "cs5": evaluate.cumulative_score(predicted, queries["age"], 5),
-            "gender_accuracy": evaluate.gender_accuracy(gender, queries["gender"]),
-            "search_s": seconds,
-        })
+        rows.append(
+            {
+                "per_age": label,
+                "gallery_size": len(columns["age"]),
+                "mae": evaluate.mean_absolute_error(predicted, queries["age"]),
+                "cs5": evaluate.cumulative_score(predicted, queries["age"], 5),
+                "gender_accuracy": evaluate.gender_accuracy(gender, queries["gender"]),
+                "search_s": seconds,
+            }
+        )
         print(rows[-1], flush=True)
-    results = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args),
-               "queries": len(queries["age"]), "rows": rows}
+    results = {
+        "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+        "settings": settings(args),
+        "queries": len(queries["age"]),
+        "rows": rows,
+    }
     write_results(args.out, results)
     print(f"\ngallery condensation, {len(queries['age'])} test faces, M={args.m} ({results['machine']})")
     print(f"{'per (age, gender)':>17} {'gallery':>8} {'MAE':>6} {'CS(5)':>6} {'gender':>7} {'search s':>9}")
     for row in rows:
-        print(f"{row['per_age']:>17} {row['gallery_size']:>8} {row['mae']:>6.2f} {row['cs5']:>5.1f}% "
-              f"{row['gender_accuracy']:>7.1%} {row['search_s']:>9.3f}")
+        print(
+            f"{row['per_age']:>17} {row['gallery_size']:>8} {row['mae']:>6.2f} {row['cs5']:>5.1f}% "
+            f"{row['gender_accuracy']:>7.1%} {row['search_s']:>9.3f}"
+        )
     print(f"wrote {args.out}")
     return 0
 

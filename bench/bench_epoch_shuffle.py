@@ -33,15 +33,18 @@ def write_manifest(path: str, rows: int) -> None:
     from agejobs.datasets.manifest import MANIFEST_SCHEMA
 
     ids = [f"{i:08d}_0_0_20170116174525125" for i in range(rows)]
-    table = pa.table({
-        "image_id": ids,
-        "path": [f"s3://faces-archive/utkface/part1/{i}.jpg.chip.jpg" for i in ids],
-        "age": np.sort(np.random.default_rng(0).integers(1, 100, rows)).astype(np.int16),  # sorted: the worst case
-        "gender": (np.arange(rows) % 2).astype(np.int8),
-        "subject_id": ids,
-        "split": ["train"] * rows,
-        "dataset": ["synthetic"] * rows,
-    }, schema=MANIFEST_SCHEMA)
+    table = pa.table(
+        {
+            "image_id": ids,
+            "path": [f"s3://faces-archive/utkface/part1/{i}.jpg.chip.jpg" for i in ids],
+            "age": np.sort(np.random.default_rng(0).integers(1, 100, rows)).astype(np.int16),  # sorted: the worst case
+            "gender": (np.arange(rows) % 2).astype(np.int8),
+            "subject_id": ids,
+            "split": ["train"] * rows,
+            "dataset": ["synthetic"] * rows,
+        },
+        schema=MANIFEST_SCHEMA,
+    )
     pq.write_table(table, path)
 
 
@@ -89,18 +92,30 @@ def main() -> int:
             with PeakRss(tree=True) as rss:
                 epochs = ray_epochs(manifest, args.epochs)
             plain = plain_epoch(manifest)
-            results["sizes"].append({"rows": rows, "epochs": epochs, "plain_permutation_s": plain,
-                                     "peak_rss_mib": rss.peak / 2**20, "driver_peak_rss_mib": rss.driver_peak / 2**20})
+            results["sizes"].append(
+                {
+                    "rows": rows,
+                    "epochs": epochs,
+                    "plain_permutation_s": plain,
+                    "peak_rss_mib": rss.peak / 2**20,
+                    "driver_peak_rss_mib": rss.driver_peak / 2**20,
+                }
+            )
             last = epochs[-1]
-            print(f"[bench] {rows:>9,} faces: epoch {last['epoch_s']:.2f} s (first block {last['first_block_s']:.2f} s), "
-                  f"plain permutation {plain:.2f} s, peak RSS {rss.peak / 2**20:,.0f} MiB", flush=True)
+            print(
+                f"[bench] {rows:>9,} faces: epoch {last['epoch_s']:.2f} s (first block {last['first_block_s']:.2f} s), "
+                f"plain permutation {plain:.2f} s, peak RSS {rss.peak / 2**20:,.0f} MiB",
+                flush=True,
+            )
     write_results(args.out, results)
     print(f"\nepoch shuffle of the index (Ray Data random_shuffle, {args.num_cpus} logical CPUs; {results['machine']})")
     print(f"{'faces':>10} {'first block s':>14} {'epoch s':>8} {'plain s':>8} {'peak RSS MiB':>13}")
     for size in results["sizes"]:
         last = size["epochs"][-1]
-        print(f"{size['rows']:>10,} {last['first_block_s']:>14.2f} {last['epoch_s']:>8.2f} "
-              f"{size['plain_permutation_s']:>8.2f} {size['peak_rss_mib']:>13,.0f}")
+        print(
+            f"{size['rows']:>10,} {last['first_block_s']:>14.2f} {last['epoch_s']:>8.2f} "
+            f"{size['plain_permutation_s']:>8.2f} {size['peak_rss_mib']:>13,.0f}"
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -30,7 +30,6 @@ import sys
 import time
 
 import numpy as np
-
 from common import PeakRss, settings, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,8 +70,12 @@ def main() -> int:
     parser.add_argument("--numpy-queries", type=int, default=20)
     parser.add_argument("--leaves", type=int, default=0, help="ScaNN partitions (0 = sqrt(rows))")
     parser.add_argument("--target", type=float, default=0.98, help="the goal: recall@M on the test queries")
-    parser.add_argument("--tune-target", type=float, default=0.99,
-                        help="recall@M the approximate methods are tuned to on the tuning queries (a margin over --target)")
+    parser.add_argument(
+        "--tune-target",
+        type=float,
+        default=0.99,
+        help="recall@M the approximate methods are tuned to on the tuning queries (a margin over --target)",
+    )
     parser.add_argument("--out", default=os.path.join(HERE, "results", "gallery_search.json"))
     args = parser.parse_args()
 
@@ -86,13 +89,22 @@ def main() -> int:
     tuning = embedding_like_vectors(args.tuning_queries, args.dim, seed=1)
     queries = embedding_like_vectors(args.queries, args.dim, seed=2)
     m = args.m
-    rows, results = [], {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args),
-                         "torch_threads": torch.get_num_threads()}
+    rows, results = (
+        [],
+        {
+            "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+            "settings": settings(args),
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
 
     def record(method, seconds, found, n_queries, build_s=0.0, **extra):
         recall = knn.recall_at_m(found, exact[: len(found)])
         rows.append({"method": method, "qps": n_queries / seconds, "recall": recall, "build_s": build_s, **extra})
-        print(f"{method:<22} {n_queries / seconds:>10.1f} qps  recall@{m} {recall:.4f}  build {build_s:.1f}s {extra}", flush=True)
+        print(
+            f"{method:<22} {n_queries / seconds:>10.1f} qps  recall@{m} {recall:.4f}  build {build_s:.1f}s {extra}",
+            flush=True,
+        )
 
     (_, exact), seconds = timed(knn.exact_l1_knn, queries, gallery, m)
     record("torch exact", seconds, exact, len(queries))
@@ -105,13 +117,25 @@ def main() -> int:
     del brute
 
     with PeakRss() as rss:
-        approximate, build_s = timed(knn.L1Index.build, gallery, knn.SearchSettings(mode="approximate", num_leaves=args.leaves), m)
+        approximate, build_s = timed(
+            knn.L1Index.build, gallery, knn.SearchSettings(mode="approximate", num_leaves=args.leaves), m
+        )
         (chosen, points), tune_s = timed(knn.tune_approximate, approximate, tuning, args.tune_target)
         approximate.settings = chosen
         (_, found), seconds = timed(approximate.search, queries)
-    record("scann approx+rerank", seconds, found, len(queries), build_s, num_leaves=chosen.leaves(len(gallery)),
-           leaves_to_search=chosen.leaves_to_search, candidates=chosen.candidates, tune_s=round(tune_s, 1),
-           tuning_points=points, peak_rss_mib=round(rss.peak / 2**20))
+    record(
+        "scann approx+rerank",
+        seconds,
+        found,
+        len(queries),
+        build_s,
+        num_leaves=chosen.leaves(len(gallery)),
+        leaves_to_search=chosen.leaves_to_search,
+        candidates=chosen.candidates,
+        tune_s=round(tune_s, 1),
+        tuning_points=points,
+        peak_rss_mib=round(rss.peak / 2**20),
+    )
     del approximate
 
     flat = faiss.IndexFlat(args.dim, faiss.METRIC_L1)
@@ -130,8 +154,16 @@ def main() -> int:
         if nprobe_recalls[nprobe] >= args.tune_target:
             break
     (_, found), seconds = timed(ivf.search, queries, m)
-    record("faiss IVF L1", seconds, found, len(queries), build_s, nlist=nlist, nprobe=ivf.nprobe,
-           tuning_recall_by_nprobe=nprobe_recalls)
+    record(
+        "faiss IVF L1",
+        seconds,
+        found,
+        len(queries),
+        build_s,
+        nlist=nlist,
+        nprobe=ivf.nprobe,
+        tuning_recall_by_nprobe=nprobe_recalls,
+    )
 
     by_method = {row["method"]: row for row in rows}
     reference = by_method["torch exact"]["qps"]
@@ -141,13 +173,18 @@ def main() -> int:
     print(f"\ngallery search, {args.rows:,} x {args.dim}, M={m}, {results['machine']}")
     print(f"{'method':<22} {'QPS':>10} {'recall@' + str(m):>10} {'x exact':>8} {'build s':>8}")
     for row in rows:
-        print(f"{row['method']:<22} {row['qps']:>10.1f} {row['recall']:>10.4f} {row['qps'] / reference:>7.1f}x {row['build_s']:>8.1f}")
+        print(
+            f"{row['method']:<22} {row['qps']:>10.1f} {row['recall']:>10.4f} {row['qps'] / reference:>7.1f}x "
+            f"{row['build_s']:>8.1f}"
+        )
     approx = by_method["scann approx+rerank"]
     fastest_exact = max((row for row in rows if row["recall"] == 1.0), key=lambda row: row["qps"])
     results["approximate_vs_fastest_exact"] = approx["qps"] / fastest_exact["qps"]
-    print(f"scann approx+rerank: {approx['qps'] / reference:.1f}x torch exact, "
-          f"{results['approximate_vs_fastest_exact']:.1f}x the fastest exact ({fastest_exact['method']}), "
-          f"at recall@{m} {approx['recall']:.3f} (goal >= 20x at >= {args.target})")
+    print(
+        f"scann approx+rerank: {approx['qps'] / reference:.1f}x torch exact, "
+        f"{results['approximate_vs_fastest_exact']:.1f}x the fastest exact ({fastest_exact['method']}), "
+        f"at recall@{m} {approx['recall']:.3f} (goal >= 20x at >= {args.target})"
+    )
     print(f"wrote {args.out}")
     return 0
 

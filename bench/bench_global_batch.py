@@ -9,8 +9,9 @@ leaf tensors (no backbone), with seeded ages and genders. One training step's lo
 the columns with gradient, local rows x global columns in chunks of chunk_rows, backward through
 the all-reduce of the gathered columns' gradient. Per rank: seconds of forward + backward (the
 slowest rank is the step's time) and the peak RSS above the rank's level just before the step
-(sampled every 2 ms, and the kernel's high-water mark VmHWM, reset before the step). Beside it, what a dense (b, B) float32 slice of the distance matrix alone
-would take, and the chunk's own (chunk_rows, B) block: the measured peak must follow the chunk,
+(sampled every 2 ms, and the kernel's high-water mark VmHWM, reset before the step). Beside it,
+what a dense (b, B) float32 slice of the distance matrix alone would take, and the chunk's own
+(chunk_rows, B) block: the measured peak must follow the chunk,
 O(chunk_rows x B) per rank, never B x B (nor b x B).
 
 All ranks share this machine's cores (torch threads 1 each), so the time is the time of 8 ranks
@@ -70,9 +71,15 @@ def rank_step(rank: int, world: int, port: int, local: int, chunk_rows: int, out
     generator = torch.Generator().manual_seed(rank)
 
     def step_inputs(rows: int):
-        embeddings = {"age": (torch.randn(rows, AGE_DIM, generator=generator) * 10).requires_grad_(True),
-                      "gender": (torch.randn(rows, GENDER_DIM, generator=generator) * 10).requires_grad_(True)}
-        return embeddings, torch.randint(1, 90, (rows,), generator=generator), torch.randint(0, 2, (rows,), generator=generator)
+        embeddings = {
+            "age": (torch.randn(rows, AGE_DIM, generator=generator) * 10).requires_grad_(True),
+            "gender": (torch.randn(rows, GENDER_DIM, generator=generator) * 10).requires_grad_(True),
+        }
+        return (
+            embeddings,
+            torch.randint(1, 90, (rows,), generator=generator),
+            torch.randint(0, 2, (rows,), generator=generator),
+        )
 
     # Compile the block kernels outside the measurement (a once-per-process cost): two sizes, so
     # the second compile is the dynamic-shape kernel every later size reuses.
@@ -88,8 +95,13 @@ def rank_step(rank: int, world: int, port: int, local: int, chunk_rows: int, out
         seconds = time.perf_counter() - started
     dist.barrier()
     high_water = peak_rss_since_reset() - rss.base
-    row = {"rank": rank, "seconds": seconds, "peak_bytes": max(rss.peak - rss.base, high_water), "age_loss": log["age_loss"],
-           "finite_grads": all(bool(torch.isfinite(e.grad).all()) for e in embeddings.values())}
+    row = {
+        "rank": rank,
+        "seconds": seconds,
+        "peak_bytes": max(rss.peak - rss.base, high_water),
+        "age_loss": log["age_loss"],
+        "finite_grads": all(bool(torch.isfinite(e.grad).all()) for e in embeddings.values()),
+    }
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as handle:
         json.dump(row, handle)
     dist.destroy_process_group()
@@ -104,15 +116,21 @@ def measure(batch: int, world: int, chunk_rows: int, out_dir: str) -> dict:
     step_dir = os.path.join(out_dir, f"B{batch}")
     os.makedirs(step_dir, exist_ok=True)
     started = time.perf_counter()
-    mp.start_processes(rank_step, args=(world, free_port(), local, chunk_rows, step_dir), nprocs=world, start_method="spawn")
+    mp.start_processes(
+        rank_step, args=(world, free_port(), local, chunk_rows, step_dir), nprocs=world, start_method="spawn"
+    )
     ranks = [json.load(open(os.path.join(step_dir, f"rank-{rank}.json"))) for rank in range(world)]
     return {
-        "batch": batch, "world": world, "local": local, "chunk_rows": chunk_rows,
+        "batch": batch,
+        "world": world,
+        "local": local,
+        "chunk_rows": chunk_rows,
         "seconds_slowest_rank": max(r["seconds"] for r in ranks),
         "peak_bytes_max_rank": max(r["peak_bytes"] for r in ranks),
         "chunk_block_bytes": 4 * chunk_rows * batch,  # one (chunk_rows, B) float32 block
         "dense_slice_bytes": 4 * local * batch,  # a (b, B) float32 distance slice, nothing else
-        "age_loss": ranks[0]["age_loss"], "finite_grads": all(r["finite_grads"] for r in ranks),
+        "age_loss": ranks[0]["age_loss"],
+        "finite_grads": all(r["finite_grads"] for r in ranks),
         "wall_seconds_with_startup": time.perf_counter() - started,
     }
 
@@ -126,12 +144,19 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results", "global_batch.json"))
     args = parser.parse_args()
     rows = []
-    print(f"{'B':>7} {'ranks':>5} {'b/rank':>7} {'s (slowest rank)':>17} {'peak MiB/rank':>14} {'chunk block MiB':>16} {'dense b x B MiB':>16}")
+    print(
+        f"{'B':>7} {'ranks':>5} {'b/rank':>7} {'s (slowest rank)':>17} {'peak MiB/rank':>14} "
+        f"{'chunk block MiB':>16} {'dense b x B MiB':>16}"
+    )
     for batch in (int(b) for b in args.batches.split(",")):
         row = measure(batch, args.world, args.chunk_rows, os.path.abspath(args.workdir))
         rows.append(row)
-        print(f"{batch:>7} {args.world:>5} {row['local']:>7} {row['seconds_slowest_rank']:>17.1f} {row['peak_bytes_max_rank'] / 2**20:>14.1f} "
-              f"{row['chunk_block_bytes'] / 2**20:>16.1f} {row['dense_slice_bytes'] / 2**20:>16.1f}", flush=True)
+        print(
+            f"{batch:>7} {args.world:>5} {row['local']:>7} {row['seconds_slowest_rank']:>17.1f} "
+            f"{row['peak_bytes_max_rank'] / 2**20:>14.1f} "
+            f"{row['chunk_block_bytes'] / 2**20:>16.1f} {row['dense_slice_bytes'] / 2**20:>16.1f}",
+            flush=True,
+        )
         if not row["finite_grads"]:
             raise RuntimeError(f"B={batch}: non-finite gradients")
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "settings": settings(args), "rows": rows}

@@ -71,17 +71,31 @@ def child(method: str, uri: str, run_dir: str) -> dict:
         files = sum(score.make_plan(uri, run_dir, 1000).shard_rows)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"method": method, "files": files, "seconds": seconds, "peak_rss_mib": peak / 1024,
-            "rss_growth_mib": (peak - base) / 1024}
+    return {
+        "method": method,
+        "files": files,
+        "seconds": seconds,
+        "peak_rss_mib": peak / 1024,
+        "rss_growth_mib": (peak - base) / 1024,
+    }
 
 
 def measure(method: str, uri: str, env: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="listing-plan-") as run_dir:
-        output = subprocess.run([sys.executable, __file__, "--child", method, uri, run_dir], check=True,
-                                capture_output=True, text=True, env=env, cwd=ROOT).stdout
+        output = subprocess.run(
+            [sys.executable, __file__, "--child", method, uri, run_dir],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        ).stdout
     result = json.loads(output.strip().splitlines()[-1])
-    print(f"  {uri[:48]:<48} {method:<6} {result['files']:>9} files {result['seconds']:>7.1f} s "
-          f"{result['rss_growth_mib']:>7.0f} MiB", flush=True)
+    print(
+        f"  {uri[:48]:<48} {method:<6} {result['files']:>9} files {result['seconds']:>7.1f} s "
+        f"{result['rss_growth_mib']:>7.0f} MiB",
+        flush=True,
+    )
     return result
 
 
@@ -112,8 +126,11 @@ def main() -> int:
     parser.add_argument("--s3-objects", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(HERE, "results", "listing.json"))
-    parser.add_argument("--keep-s3", action="store_true",
-                        help="measure only the local archive; keep the S3 rows of the existing --out (marked so)")
+    parser.add_argument(
+        "--keep-s3",
+        action="store_true",
+        help="measure only the local archive; keep the S3 rows of the existing --out (marked so)",
+    )
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "URI", "RUN_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -129,15 +146,22 @@ def main() -> int:
     generated = night_faces.write_loose(loose, sources, args.local_files, args.seed)
     del sources
     print(f"generate: {generated} in {time.perf_counter() - started:.0f} s", flush=True)
-    results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "settings": settings(args),
-               "local": {}, "s3": {}}
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "settings": settings(args),
+        "local": {},
+        "s3": {},
+    }
     for method in ("plain", "find", "plan"):
         results["local"][method] = measure(method, loose)
     if args.keep_s3:
         with open(args.out) as handle:
             previous = json.load(handle)
-        results.update(s3=previous["s3"], s3_upload_s=previous["s3_upload_s"],
-                       s3_measured_with=previous.get("s3_measured_with", "the previous run of this benchmark"))
+        results.update(
+            s3=previous["s3"],
+            s3_upload_s=previous["s3_upload_s"],
+            s3_measured_with=previous.get("s3_measured_with", "the previous run of this benchmark"),
+        )
     else:
         with LocalS3() as s3:
             s3.create_bucket("night")
@@ -149,11 +173,20 @@ def main() -> int:
     write_results(args.out, results)
     print(f"\nlisting a loose archive ({results['machine']})")
     print(f"{'archive':<28} {'method':<44} {'files':>9} {'seconds':>8} {'RSS MiB':>8}")
-    names = {"plain": "plain (os.scandir / boto3 paginator)", "find": "storage.find_files",
-             "plan": "score.make_plan (listing + inputs.parquet)"}
-    for where, label in (("local", f"local, {args.local_files:,} files"), ("s3", f"S3 (moto), {args.s3_objects:,} objects")):
+    names = {
+        "plain": "plain (os.scandir / boto3 paginator)",
+        "find": "storage.find_files",
+        "plan": "score.make_plan (listing + inputs.parquet)",
+    }
+    for where, label in (
+        ("local", f"local, {args.local_files:,} files"),
+        ("s3", f"S3 (moto), {args.s3_objects:,} objects"),
+    ):
         for method, row in results[where].items():
-            print(f"{label:<28} {names[method]:<44} {row['files']:>9} {row['seconds']:>8.1f} {row['rss_growth_mib']:>8.0f}")
+            print(
+                f"{label:<28} {names[method]:<44} {row['files']:>9} {row['seconds']:>8.1f} "
+                f"{row['rss_growth_mib']:>8.0f}"
+            )
     print(f"wrote {args.out}")
     return 0
 

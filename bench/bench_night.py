@@ -42,9 +42,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import night_faces
+import numpy as np
 from common import PeakRss, plain_score_loop, settings, write_results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,9 +51,15 @@ ROOT = os.path.dirname(HERE)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 AGEJOBS = [sys.executable, "-m", "agejobs"]
 MODEL_OVERRIDES = ["data.image_size=64", "data.test_flip=false", "train.epochs=2"]
-SCORE_OVERRIDES = ["resources.decode.batch_size=64", "resources.embed.batch_size=64", "resources.search.batch_size=64",
-                   "resources.decode.concurrency=1", "resources.embed.concurrency=2", "resources.search.concurrency=1",
-                   "ray.num_cpus=4"]
+SCORE_OVERRIDES = [
+    "resources.decode.batch_size=64",
+    "resources.embed.batch_size=64",
+    "resources.search.batch_size=64",
+    "resources.decode.concurrency=1",
+    "resources.embed.concurrency=2",
+    "resources.search.concurrency=1",
+    "ray.num_cpus=4",
+]
 STORE_MB = 2048  # --store-mb: the local instance's object store (ray.object_store_mb)
 FIRST_OUTPUT = re.compile(r"first scored rows after [0-9.]+ s")
 
@@ -79,19 +84,46 @@ def setup(args) -> tuple[str, str]:
     manifest, gallery = os.path.join(work, "utkface", "manifest.parquet"), os.path.join(work, "gallery")
     log = os.path.join(work, "setup.log")
     if not os.path.exists(manifest):
-        agejobs("ingest", "utkface", os.path.join(SHARED, "data", "utkface-part1"), os.path.dirname(manifest),
-                "dataset.verify_images=false", log=log)
+        agejobs(
+            "ingest",
+            "utkface",
+            os.path.join(SHARED, "data", "utkface-part1"),
+            os.path.dirname(manifest),
+            "dataset.verify_images=false",
+            log=log,
+        )
     record = os.path.join(work, "checkpoint.json")
     if not os.path.exists(record):
-        line = agejobs("train", "-c", "configs/utkface.yaml", "--manifest", manifest, "--workdir",
-                       os.path.join(work, "train"), *MODEL_OVERRIDES, log=log)
+        line = agejobs(
+            "train",
+            "-c",
+            "configs/utkface.yaml",
+            "--manifest",
+            manifest,
+            "--workdir",
+            os.path.join(work, "train"),
+            *MODEL_OVERRIDES,
+            log=log,
+        )
         with open(record, "w") as handle:
             handle.write(line)  # {"command": "train", "checkpoint": ..., training metrics}
     with open(record) as handle:
         checkpoint = json.load(handle)["checkpoint"]
     if not os.path.exists(os.path.join(gallery, "gallery.json")):
-        agejobs("gallery", "build", "--checkpoint", checkpoint, "--source", manifest, "--out", gallery,
-                "-c", "configs/utkface.yaml", *MODEL_OVERRIDES, log=log)
+        agejobs(
+            "gallery",
+            "build",
+            "--checkpoint",
+            checkpoint,
+            "--source",
+            manifest,
+            "--out",
+            gallery,
+            "-c",
+            "configs/utkface.yaml",
+            *MODEL_OVERRIDES,
+            log=log,
+        )
     return checkpoint, gallery
 
 
@@ -122,8 +154,22 @@ def faces_done(run_dir: str) -> int:
 
 
 def score_command(pack_dir: str, out: str, checkpoint: str, gallery: str, store_mb: int) -> list[str]:
-    return [*AGEJOBS, "score", "--checkpoint", checkpoint, "--gallery", gallery, "--archive", pack_dir,
-            "--out", out, "--run-id", "night", *SCORE_OVERRIDES, f"ray.object_store_mb={store_mb}"]
+    return [
+        *AGEJOBS,
+        "score",
+        "--checkpoint",
+        checkpoint,
+        "--gallery",
+        gallery,
+        "--archive",
+        pack_dir,
+        "--out",
+        out,
+        "--run-id",
+        "night",
+        *SCORE_OVERRIDES,
+        f"ray.object_store_mb={store_mb}",
+    ]
 
 
 def leftovers(temp_root: str) -> dict:
@@ -140,7 +186,9 @@ def run_score(command: list[str], log: str, temp_root: str, kill_at_shards: int 
     env = {**os.environ, "AGEJOBS_RAY_TMP": temp_root, "PYTHONPATH": ROOT}
     started = time.perf_counter()
     with open(log, "w") as handle:
-        child = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+        child = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True
+        )
     killed, first_output_s = False, None  # seconds from the command's start (Ray start-up included)
     with PeakRss(interval_s=0.5, tree=True, pid=child.pid, pss=True) as rss:
         last_trace = 0.0
@@ -149,9 +197,16 @@ def run_score(command: list[str], log: str, temp_root: str, kill_at_shards: int 
             now = time.perf_counter() - started
             if trace is not None and now - last_trace >= 10:
                 last_trace = now
-                trace.append({"s": round(now, 1), "faces_done": faces_done(run_dir), "tree_rss_mib": round(rss.last / 2**20),
-                              "tree_pss_mib": round(rss.last_pss / 2**20), "driver_rss_mib": round(rss.last_driver / 2**20),
-                              "driver_pss_mib": round(rss.last_driver_pss / 2**20)})
+                trace.append(
+                    {
+                        "s": round(now, 1),
+                        "faces_done": faces_done(run_dir),
+                        "tree_rss_mib": round(rss.last / 2**20),
+                        "tree_pss_mib": round(rss.last_pss / 2**20),
+                        "driver_rss_mib": round(rss.last_driver / 2**20),
+                        "driver_pss_mib": round(rss.last_driver_pss / 2**20),
+                    }
+                )
             if first_output_s is None:
                 with open(log) as handle:
                     first_output_s = now if FIRST_OUTPUT.search(handle.read()) else None
@@ -162,10 +217,18 @@ def run_score(command: list[str], log: str, temp_root: str, kill_at_shards: int 
     seconds = time.perf_counter() - started
     with open(log) as handle:
         text = handle.read()
-    result = {"seconds": seconds, "killed": killed, "returncode": child.returncode, "first_output_s": first_output_s,
-              "peak_tree_mib": rss.peak / 2**20, "peak_tree_pss_mib": rss.pss_peak / 2**20, "peak_driver_mib": rss.driver_peak / 2**20,
-              "peak_driver_pss_mib": rss.driver_pss_peak / 2**20,
-              "processes_at_peak": rss.processes_at_peak, "faces_done_after": faces_done(run_dir)}
+    result = {
+        "seconds": seconds,
+        "killed": killed,
+        "returncode": child.returncode,
+        "first_output_s": first_output_s,
+        "peak_tree_mib": rss.peak / 2**20,
+        "peak_tree_pss_mib": rss.pss_peak / 2**20,
+        "peak_driver_mib": rss.driver_peak / 2**20,
+        "peak_driver_pss_mib": rss.driver_pss_peak / 2**20,
+        "processes_at_peak": rss.processes_at_peak,
+        "faces_done_after": faces_done(run_dir),
+    }
     if not killed and child.returncode != 0:
         raise RuntimeError(f"agejobs score failed ({child.returncode}); see {log}")
     if not killed:
@@ -199,8 +262,13 @@ def exactly_once(run_dir: str, faces: int) -> dict:
             rows += len(ids)
             duplicates += int(seen[ids].sum()) + len(ids) - len(np.unique(ids))
             seen[ids] = True
-    return {"rows": rows, "distinct": int(seen.sum()), "missing": int(faces - seen.sum()), "duplicates": duplicates,
-            "exactly_once": bool(rows == faces and seen.all() and duplicates == 0)}
+    return {
+        "rows": rows,
+        "distinct": int(seen.sum()),
+        "missing": int(faces - seen.sum()),
+        "duplicates": duplicates,
+        "exactly_once": bool(rows == faces and seen.all() and duplicates == 0),
+    }
 
 
 def main() -> int:
@@ -210,7 +278,9 @@ def main() -> int:
     parser.add_argument("--subset", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the plain loop (= cores)")
-    parser.add_argument("--store-mb", type=int, default=STORE_MB, help="object store of the Ray instance, MiB (0 = Ray's default)")
+    parser.add_argument(
+        "--store-mb", type=int, default=STORE_MB, help="object store of the Ray instance, MiB (0 = Ray's default)"
+    )
     parser.add_argument("--checkpoint", default="")
     parser.add_argument("--gallery", default="")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "night.json"))
@@ -223,8 +293,10 @@ def main() -> int:
     packs = {"night": os.path.join(work, f"pack-{args.faces}"), "subset": os.path.join(work, f"pack-{args.subset}")}
     started = time.perf_counter()
     sources = night_faces.load_sources(os.path.join(work, "utkface", "manifest.parquet"))
-    generated = {name: night_faces.write_pack(packs[name], sources, faces, args.seed)
-                 for name, faces in (("night", args.faces), ("subset", args.subset))}
+    generated = {
+        name: night_faces.write_pack(packs[name], sources, faces, args.seed)
+        for name, faces in (("night", args.faces), ("subset", args.subset))
+    }
     del sources
     print(f"generate: {generated} in {time.perf_counter() - started:.0f} s", flush=True)
 
@@ -234,15 +306,20 @@ def main() -> int:
     temp_root = tempfile.mkdtemp(prefix="night-ray-", dir="/tmp")  # short: Ray's socket paths
     scored = os.path.join(work, "scored")
     subprocess.run(["rm", "-rf", scored], check=True)
-    subset = run_score(score_command(packs["subset"], os.path.join(scored, "subset"), checkpoint, gallery, args.store_mb),
-                       os.path.join(work, "score-subset.log"), temp_root)
+    subset = run_score(
+        score_command(packs["subset"], os.path.join(scored, "subset"), checkpoint, gallery, args.store_mb),
+        os.path.join(work, "score-subset.log"),
+        temp_root,
+    )
     print(f"agejobs score, subset: {subset}", flush=True)
 
     night_out = os.path.join(scored, "night")
     command = score_command(packs["night"], night_out, checkpoint, gallery, args.store_mb)
     trace: list = []
     shards = generated["night"]["shards"]
-    first = run_score(command, os.path.join(work, "score-night-1.log"), temp_root, kill_at_shards=shards // 2, trace=trace)
+    first = run_score(
+        command, os.path.join(work, "score-night-1.log"), temp_root, kill_at_shards=shards // 2, trace=trace
+    )
     cleanup = wait_for_cleanup(temp_root)
     print(f"agejobs score, night, killed: {first}; leftovers {cleanup}", flush=True)
     second = run_score(command, os.path.join(work, "score-night-2.log"), temp_root, trace=trace)
@@ -257,19 +334,34 @@ def main() -> int:
 def report(args, plain, subset, first, second, cleanup, check, trace, generated) -> None:
     night_s = first["seconds"] + second["seconds"]
     startup_s = (first["first_output_s"] or 0) + (second["first_output_s"] or 0)
-    night = {"faces": args.faces, "seconds": night_s, "faces_per_s": args.faces / night_s,
-             "faces_per_s_after_first_output": args.faces / (night_s - startup_s),
-             "peak_tree_mib": max(first["peak_tree_mib"], second["peak_tree_mib"]),
-             "peak_tree_pss_mib": max(first["peak_tree_pss_mib"], second["peak_tree_pss_mib"]),
-             "peak_driver_mib": max(first["peak_driver_mib"], second["peak_driver_mib"])}
-    subset_run = {"faces": args.subset, "seconds": subset["seconds"], "faces_per_s": args.subset / subset["seconds"],
-                  "faces_per_s_after_first_output": args.subset / (subset["seconds"] - subset["first_output_s"]),
-                  "peak_tree_mib": subset["peak_tree_mib"], "peak_tree_pss_mib": subset["peak_tree_pss_mib"],
-                  "peak_driver_mib": subset["peak_driver_mib"]}
+    night = {
+        "faces": args.faces,
+        "seconds": night_s,
+        "faces_per_s": args.faces / night_s,
+        "faces_per_s_after_first_output": args.faces / (night_s - startup_s),
+        "peak_tree_mib": max(first["peak_tree_mib"], second["peak_tree_mib"]),
+        "peak_tree_pss_mib": max(first["peak_tree_pss_mib"], second["peak_tree_pss_mib"]),
+        "peak_driver_mib": max(first["peak_driver_mib"], second["peak_driver_mib"]),
+    }
+    subset_run = {
+        "faces": args.subset,
+        "seconds": subset["seconds"],
+        "faces_per_s": args.subset / subset["seconds"],
+        "faces_per_s_after_first_output": args.subset / (subset["seconds"] - subset["first_output_s"]),
+        "peak_tree_mib": subset["peak_tree_mib"],
+        "peak_tree_pss_mib": subset["peak_tree_pss_mib"],
+        "peak_driver_mib": subset["peak_driver_mib"],
+    }
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "settings": settings(args),
-        "generated": generated, "plain_subset": plain, "score_subset": subset_run, "night": night,
-        "runs": {"killed": first, "rerun": second}, "leftovers_after_kill": cleanup, "exactly_once": check,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "settings": settings(args),
+        "generated": generated,
+        "plain_subset": plain,
+        "score_subset": subset_run,
+        "night": night,
+        "runs": {"killed": first, "rerun": second},
+        "leftovers_after_kill": cleanup,
+        "exactly_once": check,
         "ratio_night_to_plain": night["faces_per_s"] / plain["end_to_end_faces_per_s"],
         "ratio_subset_to_plain": subset_run["faces_per_s"] / plain["end_to_end_faces_per_s"],
         "rss_ratio_tree": night["peak_tree_mib"] / subset_run["peak_tree_mib"],
@@ -279,16 +371,28 @@ def report(args, plain, subset, first, second, cleanup, check, trace, generated)
     }
     write_results(args.out, results)
     print(f"\nbatch scoring night, MobileNetV2 64 px, batch 64, {results['machine']}")
-    print(f"{'setup':<46} {'faces':>9} {'wall s':>8} {'faces/s':>8} {'after 1st':>9} {'driver MiB':>10} {'tree MiB':>9} {'tree PSS':>9}")
-    print(f"{'plain loop, 1 process x ' + str(args.threads) + ' threads, subset':<46} {plain['faces']:>9} "
-          f"{plain['seconds'] + plain['load_s']:>8.0f} {plain['end_to_end_faces_per_s']:>8.1f}")
+    print(
+        f"{'setup':<46} {'faces':>9} {'wall s':>8} {'faces/s':>8} {'after 1st':>9} {'driver MiB':>10} "
+        f"{'tree MiB':>9} {'tree PSS':>9}"
+    )
+    print(
+        f"{'plain loop, 1 process x ' + str(args.threads) + ' threads, subset':<46} {plain['faces']:>9} "
+        f"{plain['seconds'] + plain['load_s']:>8.0f} {plain['end_to_end_faces_per_s']:>8.1f}"
+    )
     for name, run in (("agejobs score, subset", subset_run), ("agejobs score, night (killed at 1/2 + rerun)", night)):
-        print(f"{name:<46} {run['faces']:>9} {run['seconds']:>8.0f} {run['faces_per_s']:>8.1f} "
-              f"{run['faces_per_s_after_first_output']:>9.1f} {run['peak_driver_mib']:>10.0f} {run['peak_tree_mib']:>9.0f} {run['peak_tree_pss_mib']:>9.0f}")
-    print(f"night / plain faces/s: {results['ratio_night_to_plain']:.2f} (goal >= 0.85); "
-          f"subset / plain: {results['ratio_subset_to_plain']:.2f}")
-    print(f"peak RSS night / subset: driver {results['rss_ratio_driver']:.2f}, tree {results['rss_ratio_tree']:.2f} "
-          f"(tree PSS {results['pss_ratio_tree']:.2f}) (goal <= 1.2)")
+        print(
+            f"{name:<46} {run['faces']:>9} {run['seconds']:>8.0f} {run['faces_per_s']:>8.1f} "
+            f"{run['faces_per_s_after_first_output']:>9.1f} {run['peak_driver_mib']:>10.0f} "
+            f"{run['peak_tree_mib']:>9.0f} {run['peak_tree_pss_mib']:>9.0f}"
+        )
+    print(
+        f"night / plain faces/s: {results['ratio_night_to_plain']:.2f} (goal >= 0.85); "
+        f"subset / plain: {results['ratio_subset_to_plain']:.2f}"
+    )
+    print(
+        f"peak RSS night / subset: driver {results['rss_ratio_driver']:.2f}, tree {results['rss_ratio_tree']:.2f} "
+        f"(tree PSS {results['pss_ratio_tree']:.2f}) (goal <= 1.2)"
+    )
     print(f"after the kill: {cleanup}; exactly once: {check}")
     print(f"wrote {args.out}")
 

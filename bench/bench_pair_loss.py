@@ -111,16 +111,36 @@ def main() -> int:
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         for method in METHODS:
-            command = [sys.executable, __file__, "--child", f"{method}:{batch}", "--dim", str(args.dim),
-                       "--repeats", str(args.repeats), "--device", args.device]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{method}:{batch}",
+                "--dim",
+                str(args.dim),
+                "--repeats",
+                str(args.repeats),
+                "--device",
+                args.device,
+            ]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"{method} at B={batch} failed:\n{done.stderr[-2000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     by_key = {(row["method"], row["batch"]): row for row in rows}
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    results = {"device": device_name, "torch_threads": torch.get_num_threads(), "dim": args.dim, "rows": rows, "vs_pml": {}}
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    )
+    results = {
+        "device": device_name,
+        "torch_threads": torch.get_num_threads(),
+        "dim": args.dim,
+        "rows": rows,
+        "vs_pml": {},
+    }
     print(f"\npair loss forward+backward, D={args.dim}, {args.device} ({device_name})")
     print(f"{'B':>5} {'method':<14} {'ms':>9} {'peak MiB':>9} {'speed vs pml':>13} {'memory vs pml':>14}")
     for batch in sorted({row["batch"] for row in rows}):
@@ -130,7 +150,10 @@ def main() -> int:
             speed = pml["seconds"] / row["seconds"]
             memory = pml["peak_bytes"] / max(row["peak_bytes"], 1)
             results["vs_pml"][f"{method}@{batch}"] = {"speedup": speed, "memory_ratio": memory}
-            print(f"{batch:>5} {method:<14} {row['seconds'] * 1e3:>9.1f} {row['peak_bytes'] / 2**20:>9.1f} {speed:>12.1f}x {memory:>13.1f}x")
+            print(
+                f"{batch:>5} {method:<14} {row['seconds'] * 1e3:>9.1f} {row['peak_bytes'] / 2**20:>9.1f} "
+                f"{speed:>12.1f}x {memory:>13.1f}x"
+            )
     write_results(args.out, results)
     print(f"wrote {args.out}")
     return 0

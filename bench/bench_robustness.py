@@ -55,7 +55,9 @@ def reframe(face, rng):
     field = rng.integers(0, 256, (int(rng.integers(2, 7)), int(rng.integers(2, 7)), 3)).astype(np.uint8)
     background = cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.float32)
     background += rng.normal(0, 6, background.shape)
-    warped = cv2.warpAffine(face, matrix, (width, height), flags=cv2.INTER_AREA if side < face.shape[1] else cv2.INTER_LINEAR)
+    warped = cv2.warpAffine(
+        face, matrix, (width, height), flags=cv2.INTER_AREA if side < face.shape[1] else cv2.INTER_LINEAR
+    )
     mask = cv2.warpAffine(np.ones(face.shape[:2], np.float32), matrix, (width, height))
     mask = cv2.GaussianBlur(mask, (0, 0), max(1.0, side / 60))[:, :, None]
     photo = np.clip(mask * warped + (1 - mask) * background, 0, 255).astype(np.uint8)
@@ -108,20 +110,31 @@ def evaluate_model(checkpoint: str, manifests: dict, cfg, plots_dir: str) -> dic
     results = {}
     for variant, manifest in manifests.items():
         queries = experiment.embed(checkpoint, manifest, "test", run_cfg)
-        report = experiment.knn_estimate_reports(experiment.SIAMESE, reference, queries, run_cfg, os.path.join(plots_dir, variant))[0]
+        report = experiment.knn_estimate_reports(
+            experiment.SIAMESE, reference, queries, run_cfg, os.path.join(plots_dir, variant)
+        )[0]
         results[variant] = {key: report[key] for key in ("n", "mae", "cs", "mae_by_face_outcome")}
-        print(f"[{model_cfg.data.align}] {variant}: MAE {report['mae']:.2f} on {report['n']} faces; "
-              f"{ {k: v['n'] for k, v in report['mae_by_face_outcome'].items()} }", flush=True)
+        print(
+            f"[{model_cfg.data.align}] {variant}: MAE {report['mae']:.2f} on {report['n']} faces; "
+            f"{ {k: v['n'] for k, v in report['mae_by_face_outcome'].items()} }",
+            flush=True,
+        )
     results["evaluate_s"] = round(time.perf_counter() - started, 1)
     return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/utkface.yaml", help="relative paths resolve against the repository root")
-    parser.add_argument("--checkpoint", action="append", default=[], help="MODE=DIR: use this checkpoint for that data.align")
+    parser.add_argument(
+        "--config", default="configs/utkface.yaml", help="relative paths resolve against the repository root"
+    )
+    parser.add_argument(
+        "--checkpoint", action="append", default=[], help="MODE=DIR: use this checkpoint for that data.align"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the re-framing generator's seed")
-    parser.add_argument("--modes", default=",".join(MODES), help="data.align modes to (re)run; the others' rows are kept from --out")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="data.align modes to (re)run; the others' rows are kept from --out"
+    )
     parser.add_argument("--num-cpus", type=int, default=4)
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench-robustness"))
     parser.add_argument("--out", default=os.path.join(HERE, "results", "robustness.json"))
@@ -136,7 +149,9 @@ def main() -> int:
     cfg = with_absolute_paths(load_config(os.path.join(ROOT, args.config), args.overrides), ROOT)
     given = dict(item.split("=", 1) for item in args.checkpoint)
     workdir = os.path.abspath(args.workdir)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     kept = {}
     if os.path.exists(args.out):
         with open(args.out) as handle:
@@ -146,7 +161,10 @@ def main() -> int:
         quiet_ray_data()
         manifest, _ = experiment.prepare_dataset(cfg, workdir)
         started = time.perf_counter()
-        manifests = {"original": manifest, "reframed": write_reframed(manifest, os.path.join(workdir, "reframed"), args.seed)}
+        manifests = {
+            "original": manifest,
+            "reframed": write_reframed(manifest, os.path.join(workdir, "reframed"), args.seed),
+        }
         print(f"[reframe] test faces re-framed ({time.perf_counter() - started:.0f} s)", flush=True)
         for mode in MODES:
             if mode not in args.modes.split(","):
@@ -158,12 +176,23 @@ def main() -> int:
             if mode in given:
                 checkpoint, trained = os.path.abspath(given[mode]), "given"
             else:
-                outcome = run_training(mode_cfg, manifest, f"siamese-{mode}", storage.join(workdir, "checkpoints"), progress_label=f"align {mode}")
+                outcome = run_training(
+                    mode_cfg,
+                    manifest,
+                    f"siamese-{mode}",
+                    storage.join(workdir, "checkpoints"),
+                    progress_label=f"align {mode}",
+                )
                 checkpoint, trained = outcome.checkpoint_path, f"{outcome.metrics.get('step')} steps"
             evaluation = evaluate_model(checkpoint, manifests, mode_cfg, os.path.join(workdir, "plots", mode))
             # Recorded relative to the repository: where a run put its checkpoints is not a setting.
-            results["models"][mode] = {"checkpoint": os.path.relpath(checkpoint, ROOT), "trained": trained, "commit": commit,
-                                       "seconds": round(time.perf_counter() - started, 1), **evaluation}
+            results["models"][mode] = {
+                "checkpoint": os.path.relpath(checkpoint, ROOT),
+                "trained": trained,
+                "commit": commit,
+                "seconds": round(time.perf_counter() - started, 1),
+                **evaluation,
+            }
     for model in results["models"].values():
         model["gap"] = round(model["reframed"]["mae"] - model["original"]["mae"], 3)
     write_results(args.out, results)
@@ -171,8 +200,10 @@ def main() -> int:
     print(f"{'data.align':<12}{'original MAE':>14}{'re-framed MAE':>15}{'gap':>8}{'CS(5) orig / re-framed':>26}")
     for mode, model in results["models"].items():
         original, reframed = model["original"], model["reframed"]
-        print(f"{mode:<12}{original['mae']:>14.2f}{reframed['mae']:>15.2f}{model['gap']:>+8.2f}"
-              f"{original['cs']['5']:>17.1f}% / {reframed['cs']['5']:.1f}%   (evaluated at {model.get('commit', '?')})")
+        print(
+            f"{mode:<12}{original['mae']:>14.2f}{reframed['mae']:>15.2f}{model['gap']:>+8.2f}"
+            f"{original['cs']['5']:>17.1f}% / {reframed['cs']['5']:.1f}%   (evaluated at {model.get('commit', '?')})"
+        )
     print(f"wrote {args.out}")
     return 0
 

@@ -35,10 +35,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def overrides(args) -> list[str]:
     return [
-        "model.backbone=mobilenet_v2", "model.weights=", f"data.image_size={args.size}",
-        f"resources.decode.batch_size={args.batch}", f"resources.embed.batch_size={args.batch}",
-        f"resources.search.batch_size={args.batch}", "score.shard_images=1000",
-        f"resources.embed.concurrency={args.embed_actors}", "resources.decode.concurrency=1", "resources.search.concurrency=1",
+        "model.backbone=mobilenet_v2",
+        "model.weights=",
+        f"data.image_size={args.size}",
+        f"resources.decode.batch_size={args.batch}",
+        f"resources.embed.batch_size={args.batch}",
+        f"resources.search.batch_size={args.batch}",
+        "score.shard_images=1000",
+        f"resources.embed.concurrency={args.embed_actors}",
+        "resources.decode.concurrency=1",
+        "resources.search.concurrency=1",
         f"ray.num_cpus={args.num_cpus}",
         *args.overrides,
     ]
@@ -78,6 +84,7 @@ def main() -> int:
     cfg = load_config(None, overrides(args))
     results = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args)}
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as root:
+
         def synth(name, faces, seed):
             spec = SynthSpec(num_subjects=faces // 4, images_per_subject=4, image_size=max(args.size, 64), seed=seed)
             write_synthetic(os.path.join(root, name), spec)
@@ -96,27 +103,40 @@ def main() -> int:
                 print(f"plain loop, {name}: {plain[name]}", flush=True)
                 with PeakRss(tree=True) as rss:
                     started = time.perf_counter()
-                    summary = score_archive(archive, os.path.join(root, "scored"), name, checkpoint,
-                                            os.path.join(root, "gallery"), cfg)
+                    summary = score_archive(
+                        archive, os.path.join(root, "scored"), name, checkpoint, os.path.join(root, "gallery"), cfg
+                    )
                     seconds = time.perf_counter() - started
-                runs[name] = {"faces": summary["rows_in"], "seconds": seconds, "faces_per_s": summary["rows_in"] / seconds,
-                              "first_output_s": summary["first_output_s"],
-                              "peak_rss_mib": rss.peak / 2**20, "driver_peak_mib": rss.driver_peak / 2**20,
-                              "processes_at_peak": rss.processes_at_peak}
+                runs[name] = {
+                    "faces": summary["rows_in"],
+                    "seconds": seconds,
+                    "faces_per_s": summary["rows_in"] / seconds,
+                    "first_output_s": summary["first_output_s"],
+                    "peak_rss_mib": rss.peak / 2**20,
+                    "driver_peak_mib": rss.driver_peak / 2**20,
+                    "processes_at_peak": rss.processes_at_peak,
+                }
                 print(name, runs[name], flush=True)
     large_name = f"{args.scale}x"
-    results.update(plain=plain, ray=runs,
-                   ratio={name: runs[name]["faces_per_s"] / plain[name]["end_to_end_faces_per_s"] for name in runs},
-                   rss_ratio=runs[large_name]["peak_rss_mib"] / runs["1x"]["peak_rss_mib"])
+    results.update(
+        plain=plain,
+        ray=runs,
+        ratio={name: runs[name]["faces_per_s"] / plain[name]["end_to_end_faces_per_s"] for name in runs},
+        rss_ratio=runs[large_name]["peak_rss_mib"] / runs["1x"]["peak_rss_mib"],
+    )
     write_results(args.out, results)
     print(f"\nbatch scoring, MobileNetV2 {args.size}px, batch {args.batch} ({results['machine']})")
     print(f"{'setup':<44} {'faces':>6} {'first out s':>11} {'faces/s':>8} {'peak RSS MiB':>13}")
     for name, run in runs.items():
         p = plain[name]
-        print(f"{'plain loop, 1 process x ' + str(args.threads) + ' threads, ' + name:<44} {run['faces']:>6} {'':>11} "
-              f"{p['end_to_end_faces_per_s']:>8.1f} {'':>13}")
-        print(f"{'agejobs score (Ray Data), ' + name + ' archive':<44} {run['faces']:>6} {run['first_output_s']:>11.1f} "
-              f"{run['faces_per_s']:>8.1f} {run['peak_rss_mib']:>13.0f}")
+        print(
+            f"{'plain loop, 1 process x ' + str(args.threads) + ' threads, ' + name:<44} {run['faces']:>6} {'':>11} "
+            f"{p['end_to_end_faces_per_s']:>8.1f} {'':>13}"
+        )
+        print(
+            f"{'agejobs score (Ray Data), ' + name + ' archive':<44} {run['faces']:>6} {run['first_output_s']:>11.1f} "
+            f"{run['faces_per_s']:>8.1f} {run['peak_rss_mib']:>13.0f}"
+        )
     for name in runs:
         print(f"score / plain, {name} archive: {results['ratio'][name]:.2f} (goal >= 0.85)")
     print(f"peak RSS {large_name} / 1x archive: {results['rss_ratio']:.2f} (goal <= 1.2)")

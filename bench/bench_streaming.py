@@ -60,8 +60,16 @@ def one_pass(source: str, image_size: int, concurrency: int, num_cpus: int) -> d
 def run_child(source: str, args) -> dict:
     """A pass in a fresh interpreter (and Ray instance), so peaks and caches do not carry over."""
     command = [
-        sys.executable, __file__, "--child", source,
-        "--image-size", str(args.image_size), "--concurrency", str(args.concurrency), "--num-cpus", str(args.num_cpus),
+        sys.executable,
+        __file__,
+        "--child",
+        source,
+        "--image-size",
+        str(args.image_size),
+        "--concurrency",
+        str(args.concurrency),
+        "--num-cpus",
+        str(args.num_cpus),
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:
@@ -111,7 +119,11 @@ def main() -> int:
         endpoint.create_bucket(BUCKET)
         base = f"s3://{BUCKET}"
         started = time.perf_counter()
-        spec = SynthSpec(num_subjects=args.images // images_per_subject, images_per_subject=images_per_subject, image_size=args.face_size)
+        spec = SynthSpec(
+            num_subjects=args.images // images_per_subject,
+            images_per_subject=images_per_subject,
+            image_size=args.face_size,
+        )
         write_synthetic(f"{base}/loose", spec)
         upload_s = time.perf_counter() - started
         copies = max(1, round(args.large / args.images))
@@ -140,12 +152,23 @@ def main() -> int:
     write_results(args.out, results)
 
     mib = 2**20
-    print(f"\nstreaming from the embedded S3 endpoint ({results['machine']}), decode to {args.image_size}px, {args.concurrency} decode actors")
-    print(f"{'source':<24} {'rows':>7} {'seconds':>8} {'images/s':>9} {'peak RSS MiB':>13} {'processes':>10} {'driver MiB':>11}")
-    for name, row in (("loose files", loose), (f"shards ({small_pack['shards']})", shards), (f"shards ({large_pack['shards']}), {copies}x rows", large)):
+    print(
+        f"\nstreaming from the embedded S3 endpoint ({results['machine']}), decode to {args.image_size}px, "
+        f"{args.concurrency} decode actors"
+    )
+    print(
+        f"{'source':<24} {'rows':>7} {'seconds':>8} {'images/s':>9} {'peak RSS MiB':>13} {'processes':>10} "
+        f"{'driver MiB':>11}"
+    )
+    for name, row in (
+        ("loose files", loose),
+        (f"shards ({small_pack['shards']})", shards),
+        (f"shards ({large_pack['shards']}), {copies}x rows", large),
+    ):
         print(
             f"{name:<24} {row['rows']:>7} {row['seconds']:>8.1f} {row['images_per_s']:>9.0f} "
-            f"{row['peak_rss_bytes'] / mib:>13.0f} {row['processes_at_peak']:>10} {row['driver_peak_rss_bytes'] / mib:>11.0f}"
+            f"{row['peak_rss_bytes'] / mib:>13.0f} {row['processes_at_peak']:>10} "
+            f"{row['driver_peak_rss_bytes'] / mib:>11.0f}"
         )
     print(f"shards / loose throughput: {results['shards_vs_loose_speedup']:.2f}x")
     print(f"peak RSS, {large['rows']} vs {shards['rows']} rows: {results['rss_large_over_small']:.2f}x (goal <= 1.2x)")

@@ -48,19 +48,36 @@ def decoded_faces(count: int, size: int):
             genders.append(gender)
     import numpy as np
 
-    return np.stack(images[:count]), np.asarray(ages[:count], dtype=np.int64), np.asarray(genders[:count], dtype=np.int64)
+    return (
+        np.stack(images[:count]),
+        np.asarray(ages[:count], dtype=np.int64),
+        np.asarray(genders[:count], dtype=np.int64),
+    )
 
 
 def bench_config(args, workers: int):
     from agejobs.config import load_config
 
-    return load_config(None, [
-        "model.backbone=mobilenet_v2", "model.weights=", f"data.image_size={args.size}", "model.dropout=0",
-        "optim.name=adam", "optim.lr=0.001", f"train.batch_size={args.batch}", f"train.epochs={args.epochs}",
-        f"train.num_workers={workers}", "train.torch_threads_per_worker=1", "train.cpus_per_worker=0.5",
-        "train.max_time_s=0", "train.log_every_steps=0", "data.shuffle_buffer_size=0",
-        f"model.channels_last={str(args.channels_last).lower()}",
-    ])
+    return load_config(
+        None,
+        [
+            "model.backbone=mobilenet_v2",
+            "model.weights=",
+            f"data.image_size={args.size}",
+            "model.dropout=0",
+            "optim.name=adam",
+            "optim.lr=0.001",
+            f"train.batch_size={args.batch}",
+            f"train.epochs={args.epochs}",
+            f"train.num_workers={workers}",
+            "train.torch_threads_per_worker=1",
+            "train.cpus_per_worker=0.5",
+            "train.max_time_s=0",
+            "train.log_every_steps=0",
+            "data.shuffle_buffer_size=0",
+            f"model.channels_last={str(args.channels_last).lower()}",
+        ],
+    )
 
 
 def epochs_of_steps(args, images, ages, genders, rank: int = 0, world: int = 1) -> float:
@@ -138,8 +155,9 @@ def plain_ddp(args, images, ages, genders) -> float:
         port = probe.getsockname()[1]
     with tempfile.TemporaryDirectory() as directory:
         out_path = os.path.join(directory, "rate")
-        mp.start_processes(_ddp_worker, args=(args, port, images, ages, genders, out_path), nprocs=args.workers,
-                           start_method="spawn")
+        mp.start_processes(
+            _ddp_worker, args=(args, port, images, ages, genders, out_path), nprocs=args.workers, start_method="spawn"
+        )
         with open(out_path) as handle:
             return float(handle.read())
 
@@ -158,12 +176,21 @@ def ray_train(args, images, ages, genders) -> float:
             {"image": images[i : i + 256], "age": ages[i : i + 256], "gender": genders[i : i + 256]}
             for i in range(0, len(images), 256)
         ]
-        train_ds = ray.data.from_items([{"block": index} for index in range(len(blocks))]).map_batches(
-            lambda batch: {key: np.concatenate([blocks[int(i)][key] for i in batch["block"]]) for key in ("image", "age", "gender")},
-            batch_size=1,
-        ).materialize()  # decoded once, held in the object store: only the streaming into Train is measured
+        train_ds = (
+            ray.data.from_items([{"block": index} for index in range(len(blocks))])
+            .map_batches(
+                lambda batch: {
+                    key: np.concatenate([blocks[int(i)][key] for i in batch["block"]])
+                    for key in ("image", "age", "gender")
+                },
+                batch_size=1,
+            )
+            .materialize()
+        )  # decoded once, held in the object store: only the streaming into Train is measured
         with tempfile.TemporaryDirectory() as storage:
-            outcome = run_training(cfg, "", "throughput", storage, train_ds=train_ds, train_stats=(len(images), float(ages.mean())))
+            outcome = run_training(
+                cfg, "", "throughput", storage, train_ds=train_ds, train_stats=(len(images), float(ages.mean()))
+            )
     return float(outcome.metrics["images_per_s"])
 
 
@@ -211,7 +238,10 @@ def measure_workload(args, size: int, batch: int, setups: list[str]) -> dict:
     for repeat in range(args.repeats):
         for name in setups:
             runs[name].append(run_setup(name, workload, images, ages, genders))
-            print(f"[bench] {size} px, batch {batch}, repeat {repeat + 1}: {name} {runs[name][-1]:.1f} images/s", flush=True)
+            print(
+                f"[bench] {size} px, batch {batch}, repeat {repeat + 1}: {name} {runs[name][-1]:.1f} images/s",
+                flush=True,
+            )
     measured = {
         "size": size,
         "global_batch": batch,
@@ -232,8 +262,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--setups", default="plain_1_thread,ddp,ray",
-                        help="comma-separated, from: " + ", ".join(name for name, _ in SETUPS) + " (plain always runs)")
+    parser.add_argument(
+        "--setups",
+        default="plain_1_thread,ddp,ray",
+        help="comma-separated, from: " + ", ".join(name for name, _ in SETUPS) + " (plain always runs)",
+    )
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray instance")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "train_throughput.json"))
     args = parser.parse_args()
@@ -249,10 +282,20 @@ def main() -> int:
         parser.error(f"--setups: unknown {', '.join(sorted(unknown))}")
     setups = [name for name, _ in SETUPS if name in chosen]
     measured = [measure_workload(args, size, batch, setups) for size, batch in workloads]
-    results = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args), "workloads": measured}
+    results = {
+        "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+        "settings": settings(args),
+        "workloads": measured,
+    }
     write_results(args.out, results)
-    print(f"\ntraining throughput, MobileNetV2, {args.repeats} repeats, last of {args.epochs} epochs ({results['machine']})")
-    print(f"{'median images/s':<58} " + " ".join(f"{str(w['size']) + ' px b' + str(w['global_batch']):>12}" for w in measured))
+    print(
+        f"\ntraining throughput, MobileNetV2, {args.repeats} repeats, last of {args.epochs} epochs "
+        f"({results['machine']})"
+    )
+    print(
+        f"{'median images/s':<58} "
+        + " ".join(f"{str(w['size']) + ' px b' + str(w['global_batch']):>12}" for w in measured)
+    )
     labels = dict(SETUPS)
     for name in setups:
         row = " ".join(f"{w['median_images_per_s'][name]:>12.1f}" for w in measured)

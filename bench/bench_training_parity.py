@@ -41,6 +41,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # ---- data: the split, decoded once -------------------------------------------------------------
 
+
 def prepare_faces(args) -> str:
     """Import the faces (manifest for agejobs) and decode both splits to uint8 arrays (for the
     plain loop and the evaluation), cached in the workdir; returns the cache's path."""
@@ -62,7 +63,9 @@ def prepare_faces(args) -> str:
         arrays = {}
         for split in ("train", "test"):
             rows = table[table["split"] == split]
-            arrays[f"{split}_images"] = np.stack([preprocess_encoded(open(p, "rb").read(), args.size, p) for p in rows["path"]])
+            arrays[f"{split}_images"] = np.stack(
+                [preprocess_encoded(open(p, "rb").read(), args.size, p) for p in rows["path"]]
+            )
             arrays[f"{split}_ages"] = rows["age"].to_numpy(np.int64)
             arrays[f"{split}_genders"] = rows["gender"].to_numpy(np.int64)
         np.savez(cache, **arrays)
@@ -82,11 +85,19 @@ def run_config(args, seed: int):
 
 
 def run_overrides(args, seed: int) -> list[str]:
-    return [f"data.image_size={args.size}", f"train.max_steps={args.steps}", "train.epochs=1000", "train.max_time_s=0",
-            f"train.seed={seed}", "model.weights=" + os.path.abspath(os.path.join(ROOT, args.weights)), *args.overrides]
+    return [
+        f"data.image_size={args.size}",
+        f"train.max_steps={args.steps}",
+        "train.epochs=1000",
+        "train.max_time_s=0",
+        f"train.seed={seed}",
+        "model.weights=" + os.path.abspath(os.path.join(ROOT, args.weights)),
+        *args.overrides,
+    ]
 
 
 # ---- the plain loop -----------------------------------------------------------------------------
+
 
 class PlainNet:
     """MobileNetV2 -> dropout -> age and gender heads; attribute names as agejobs' model, so an
@@ -154,7 +165,9 @@ def train_plain(args, method: str, seed: int, faces_path: str, out_path: str) ->
     faces = load_faces(faces_path)
     cfg = run_config(args, seed)
     torch.manual_seed(seed)
-    model = PlainNet(method, cfg.model.dropout, cfg.model.weights, cfg.model.age_dim, cfg.model.gender_dim, cfg.train.max_age)
+    model = PlainNet(
+        method, cfg.model.dropout, cfg.model.weights, cfg.model.age_dim, cfg.model.gender_dim, cfg.train.max_age
+    )
     if method == "regression":
         with torch.no_grad():
             model.age_head.bias.fill_(float(faces["train_ages"].mean()))
@@ -187,20 +200,38 @@ def train_plain(args, method: str, seed: int, faces_path: str, out_path: str) ->
 def train_agejobs(args, method: str, seed: int, workers: int, manifest: str, run_dir: str) -> dict:
     """`agejobs train` exactly as a user runs it; returns its checkpoint and timings."""
     overrides = run_overrides(args, seed) + [
-        f"train.method={method}", f"train.num_workers={workers}", f"train.torch_threads_per_worker={args.threads // workers}",
+        f"train.method={method}",
+        f"train.num_workers={workers}",
+        f"train.torch_threads_per_worker={args.threads // workers}",
     ]
-    command = [os.path.join(os.path.dirname(sys.executable), "agejobs"), "train", "-c", args.config, "--manifest", manifest,
-               "--workdir", run_dir, "--name", method, *overrides]
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "agejobs"),
+        "train",
+        "-c",
+        args.config,
+        "--manifest",
+        manifest,
+        "--workdir",
+        run_dir,
+        "--name",
+        method,
+        *overrides,
+    ]
     started = time.perf_counter()
     with open(os.path.join(run_dir + ".log"), "w") as log:
         finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
     if finished.returncode:
         raise RuntimeError(f"agejobs train failed ({finished.returncode}); log: {run_dir}.log")
     result = json.loads(finished.stdout.strip().splitlines()[-1])
-    return {"checkpoint": result["checkpoint"], "steps": int(result["step"]), "train_seconds": time.perf_counter() - started}
+    return {
+        "checkpoint": result["checkpoint"],
+        "steps": int(result["step"]),
+        "train_seconds": time.perf_counter() - started,
+    }
 
 
 # ---- one evaluation for every setup -------------------------------------------------------------
+
 
 def evaluate(args, method: str, seed: int, state_dict: dict, faces_path: str) -> dict:
     import torch
@@ -279,8 +310,11 @@ def summarize(runs: list[dict], methods: list[str]) -> dict:
     summary = {}
     for method in methods:
         maes = {setup: [r["mae"] for r in runs if r["method"] == method and r["setup"] == setup] for setup in SETUPS}
-        row = {setup: {"maes": values, "mean": statistics.mean(values), "range": max(values) - min(values)}
-               for setup, values in maes.items() if values}
+        row = {
+            setup: {"maes": values, "mean": statistics.mean(values), "range": max(values) - min(values)}
+            for setup, values in maes.items()
+            if values
+        }
         for setup in ("ray1", "ray2"):
             if setup in row and "plain" in row:
                 tolerance = max(0.2, row["plain"]["range"], row[setup]["range"])
@@ -310,18 +344,29 @@ def main() -> int:
     started = time.perf_counter()
     faces_path = prepare_faces(args)
     faces = load_faces(faces_path)
-    print(f"[parity] {len(faces['train_ages'])} training / {len(faces['test_ages'])} test faces at {args.size} px", flush=True)
+    print(
+        f"[parity] {len(faces['train_ages'])} training / {len(faces['test_ages'])} test faces at {args.size} px",
+        flush=True,
+    )
     runs = []
     for seed in seeds:
         for method in methods:
             for setup in setups:
                 run = {"method": method, "seed": seed, "setup": setup, **one_run(args, method, seed, setup, faces_path)}
                 runs.append(run)
-                print(f"[parity] {method:<10} seed {seed} {setup:<5}: MAE {run['mae']:.3f} after {run['steps']} steps "
-                      f"({run['train_seconds']:.0f} s){' (reused)' if run.get('reused') else ''}", flush=True)
+                print(
+                    f"[parity] {method:<10} seed {seed} {setup:<5}: MAE {run['mae']:.3f} after {run['steps']} steps "
+                    f"({run['train_seconds']:.0f} s){' (reused)' if run.get('reused') else ''}",
+                    flush=True,
+                )
     summary = summarize(runs, methods)
-    results = {"machine": f"{platform.node()} ({os.cpu_count()} cores)", "settings": settings(args), "runs": runs,
-               "summary": summary, "wall_seconds": time.perf_counter() - started}
+    results = {
+        "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+        "settings": settings(args),
+        "runs": runs,
+        "summary": summary,
+        "wall_seconds": time.perf_counter() - started,
+    }
     write_results(args.out, results)
     print(f"\ntraining parity, {args.size} px, {args.steps} steps, seeds {args.seeds} ({results['machine']})")
     print(f"{'method':<11} {'setup':<6} {'MAE per seed':<22} {'mean':>6} {'gap':>7} {'tolerance':>9}  parity")

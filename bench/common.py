@@ -18,8 +18,14 @@ class PeakRss:
     touched it, PSS divides it among them, so a tree's PSS is the memory it really holds.
     """
 
-    def __init__(self, interval_s: float = 0.2, tree: bool = False, pid: int | None = None, pss: bool = False,
-                 pss_every_s: float = 5.0):
+    def __init__(
+        self,
+        interval_s: float = 0.2,
+        tree: bool = False,
+        pid: int | None = None,
+        pss: bool = False,
+        pss_every_s: float = 5.0,
+    ):
         import psutil
 
         self.root = psutil.Process(pid)
@@ -80,7 +86,7 @@ class PeakRss:
             self.sample()
             self.stop_event.wait(self.interval_s)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.thread.start()
         return self
 
@@ -131,5 +137,10 @@ def plain_score_loop(encoded_batches, checkpoint: str, gallery_uri: str, threads
         estimates = gallery.estimate(outputs["age"].float().numpy(), outputs["gender"].float().numpy())
         scored += len(estimates["predicted_age"])
     seconds = time.perf_counter() - started
-    return {"faces": scored, "seconds": seconds, "faces_per_s": scored / seconds,
-            "end_to_end_faces_per_s": scored / (seconds + load_s), "load_s": load_s}
+    return {
+        "faces": scored,
+        "seconds": seconds,
+        "faces_per_s": scored / seconds,
+        "end_to_end_faces_per_s": scored / (seconds + load_s),
+        "load_s": load_s,
+    }

@@ -46,8 +46,12 @@ def load_sources(manifest_uri: str) -> Sources:
     table = read_manifest(manifest_uri)
     paths = table.column("path").to_pylist()
     pixels = np.stack([resize_square(decode_image(storage.read_bytes(path), path), SOURCE_SIZE) for path in paths])
-    return Sources(pixels, np.asarray(table.column("age")), np.asarray(table.column("gender")),
-                   table.column("image_id").to_pylist())
+    return Sources(
+        pixels,
+        np.asarray(table.column("age")),
+        np.asarray(table.column("gender")),
+        table.column("image_id").to_pylist(),
+    )
 
 
 def face_id(k: int) -> str:
@@ -91,9 +95,18 @@ def _pack_shard(task: tuple[str, int, int, int, int]) -> np.ndarray:
     for position, k in enumerate(range(start, stop)):
         data, source = make_face(_SOURCES, seed, k)
         digests[position] = digest(data)
-        rows.append({"image_id": face_id(k), "path": face_id(k), "image_bytes": data,
-                     "age": int(_SOURCES.ages[source]), "gender": int(_SOURCES.genders[source]),
-                     "subject_id": _SOURCES.image_ids[source], "split": "test", "dataset": "night"})
+        rows.append(
+            {
+                "image_id": face_id(k),
+                "path": face_id(k),
+                "image_bytes": data,
+                "age": int(_SOURCES.ages[source]),
+                "gender": int(_SOURCES.genders[source]),
+                "subject_id": _SOURCES.image_ids[source],
+                "split": "test",
+                "dataset": "night",
+            }
+        )
     if not storage.is_done(pack.shard_uri(out, index)):
         pack.write_shard(rows, [], out, index)
     return digests
@@ -121,16 +134,28 @@ def _run(function, tasks: list, sources: Sources, processes: int) -> list:
         _SOURCES = None
 
 
-def write_pack(out: str, sources: Sources, faces: int, seed: int = 0, rows_per_shard: int = 8192, processes: int = 2) -> dict:
+def write_pack(
+    out: str, sources: Sources, faces: int, seed: int = 0, rows_per_shard: int = 8192, processes: int = 2
+) -> dict:
     """A complete pack (pack.json, shards, empty error tables, done-markers) of faces 0..faces-1."""
     from agejobs import pack
 
     num_shards = -(-faces // rows_per_shard)
-    plan = pack.PackPlan(source=f"night_faces seed={seed} faces={faces}", rows=faces, rows_per_shard=rows_per_shard,
-                         num_shards=num_shards, target_shard_bytes=0, verify_images=False, row_order_seed=None)
+    plan = pack.PackPlan(
+        source=f"night_faces seed={seed} faces={faces}",
+        rows=faces,
+        rows_per_shard=rows_per_shard,
+        num_shards=num_shards,
+        target_shard_bytes=0,
+        verify_images=False,
+        row_order_seed=None,
+    )
     os.makedirs(out, exist_ok=True)
     pack.write_plan(out, plan)
-    tasks = [(out, seed, index, index * rows_per_shard, min(faces, (index + 1) * rows_per_shard)) for index in range(num_shards)]
+    tasks = [
+        (out, seed, index, index * rows_per_shard, min(faces, (index + 1) * rows_per_shard))
+        for index in range(num_shards)
+    ]
     digests = np.concatenate(_run(_pack_shard, tasks, sources, processes))
     distinct = len(np.unique(digests))
     if distinct != faces:

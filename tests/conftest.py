@@ -38,7 +38,9 @@ def no_ray_in_the_fast_suite(request, monkeypatch):
     import ray
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"{request.node.nodeid} starts Ray: mark it @pytest.mark.ray (make test-fast leaves those out)")
+        raise AssertionError(
+            f"{request.node.nodeid} starts Ray: mark it @pytest.mark.ray (make test-fast leaves those out)"
+        )
 
     monkeypatch.setattr(ray, "init", refuse)
     yield

@@ -28,8 +28,10 @@ from agejobs.processes import stop_child
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "cluster")
-MISSING = ("no prometheus/promtool in the venv or on PATH: `make install` unpacks Debian's `prometheus` "
-           "package where apt is available; elsewhere install Prometheus >= 2.42 with promtool on PATH")
+MISSING = (
+    "no prometheus/promtool in the venv or on PATH: `make install` unpacks Debian's `prometheus` "
+    "package where apt is available; elsewhere install Prometheus >= 2.42 with promtool on PATH"
+)
 
 
 def binary(name: str) -> str | None:
@@ -74,15 +76,21 @@ class PrometheusServer:
         self.config = local_config(ray_metrics_port, process_port or free_port())
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "PrometheusServer":
+    def start(self) -> PrometheusServer:
         config_path = os.path.join(self.workdir, "prometheus.yml")
         with open(config_path, "w") as handle:
             yaml.safe_dump(self.config, handle)
         self.log = open(os.path.join(self.workdir, "prometheus.log"), "w")
         self.process = subprocess.Popen(
-            [binary("prometheus"), f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{self.port}",
-             f"--storage.tsdb.path={os.path.join(self.workdir, 'tsdb')}", "--web.enable-lifecycle"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                binary("prometheus"),
+                f"--config.file={config_path}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--storage.tsdb.path={os.path.join(self.workdir, 'tsdb')}",
+                "--web.enable-lifecycle",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while not self._ready():
@@ -120,7 +128,7 @@ class PrometheusServer:
         if getattr(self, "log", None):
             self.log.close()
 
-    def __enter__(self) -> "PrometheusServer":
+    def __enter__(self) -> PrometheusServer:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

@@ -30,8 +30,18 @@ from agejobs.processes import end_processes
 
 BIN = os.path.dirname(sys.executable)
 # Processes of a Ray node (head or fake worker node) and of its workers.
-RAY_PROCESS_MARKERS = ("gcs_server", "raylet", "ray::", "ray/dashboard", "ray/_private", "default_worker",
-                       "log_monitor", "monitor.py", "runtime_env", "ray.util.client.server")
+RAY_PROCESS_MARKERS = (
+    "gcs_server",
+    "raylet",
+    "ray::",
+    "ray/dashboard",
+    "ray/_private",
+    "default_worker",
+    "log_monitor",
+    "monitor.py",
+    "runtime_env",
+    "ray.util.client.server",
+)
 
 
 def free_port() -> int:
@@ -51,8 +61,14 @@ def ray_processes() -> set[int]:
     return found
 
 
-def fake_autoscaling_config(cluster_yaml: str, gcs_address: str, head_cpus: int, cpus_per_node: int = 2,
-                            max_nodes_per_type: int = 2, idle_timeout_minutes: float = 0.2) -> dict:
+def fake_autoscaling_config(
+    cluster_yaml: str,
+    gcs_address: str,
+    head_cpus: int,
+    cpus_per_node: int = 2,
+    max_nodes_per_type: int = 2,
+    idle_timeout_minutes: float = 0.2,
+) -> dict:
     """ray_cluster.yaml's worker types for Ray's fake multi-node provider (nodes = local raylets)."""
     import yaml
 
@@ -78,14 +94,26 @@ def fake_autoscaling_config(cluster_yaml: str, gcs_address: str, head_cpus: int,
         "max_workers": max_nodes_per_type * (len(node_types) - 1),
         "upscaling_speed": cluster.get("upscaling_speed", 1.0),
         "idle_timeout_minutes": idle_timeout_minutes,
-        "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "disable_launch_config_check": True,
-                     "disable_node_updaters": True, "use_node_id_as_ip": True},
+        "provider": {
+            "type": "fake_multinode",
+            "gcs_address": gcs_address,
+            "disable_launch_config_check": True,
+            "disable_node_updaters": True,
+            "use_node_id_as_ip": True,
+        },
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": node_types,
         "head_node_type": "ray.head.default",
-        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
 
@@ -97,21 +125,33 @@ class LocalRayHead:
         self.fake_options = fake_options
         self.metrics_export_port = metrics_export_port
         self.temp_dir = tempfile.mkdtemp(prefix="agejobs-head-", dir="/tmp")
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
-                    "RAY_EXPORT_COUNTER_AS_GAUGE": "0"}
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled",
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "RAY_EXPORT_COUNTER_AS_GAUGE": "0",
+        }
         self.started: set[int] = set()
         self.before: set[int] = set()
 
-    def start(self) -> "LocalRayHead":
+    def start(self) -> LocalRayHead:
         from ray._private.services import get_node_ip_address
 
         port, dashboard_port = free_port(), free_port()
         self.gcs_address = f"{get_node_ip_address()}:{port}"
         self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         command = [
-            f"{BIN}/ray", "start", "--head", f"--port={port}", f"--dashboard-port={dashboard_port}",
-            "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--num-cpus={self.num_cpus}",
-            f"--temp-dir={self.temp_dir}", "--disable-usage-stats", f"--ray-client-server-port={free_port()}",
+            f"{BIN}/ray",
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--dashboard-port={dashboard_port}",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+            f"--ray-client-server-port={free_port()}",
         ]
         if self.metrics_export_port:
             command.append(f"--metrics-export-port={self.metrics_export_port}")
@@ -139,7 +179,7 @@ class LocalRayHead:
         end_processes(self.started | (ray_processes() - self.before), grace_s)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalRayHead":
+    def __enter__(self) -> LocalRayHead:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

@@ -8,7 +8,10 @@ import http.server
 import threading
 from urllib.parse import urlsplit
 
-SLOW_DOWN = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+SLOW_DOWN = (
+    b"<?xml version='1.0' encoding='UTF-8'?>"
+    b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+)
 
 
 class FlakyProxy:
@@ -39,7 +42,9 @@ class FlakyProxy:
                     connection.request(self.command, self.path, body=body, headers=forwarded)
                     response = connection.getresponse()
                     status, payload = response.status, response.read()
-                    dropped = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
+                    dropped = ("transfer-encoding", "connection") + (
+                        () if self.command == "HEAD" else ("content-length",)
+                    )
                     headers = {k: v for k, v in response.getheaders() if k.lower() not in dropped}
                     connection.close()
                 with proxy.lock:
@@ -59,7 +64,7 @@ class FlakyProxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FlakyProxy":
+    def __enter__(self) -> FlakyProxy:
         self.thread.start()
         return self
 

@@ -56,8 +56,12 @@ def test_prometheus_config_passes_promtool(tmp_path):
 def test_every_rule_has_a_firing_unit_test():
     rules = [rule["alert"] for group in load("alerts.yml")["groups"] for rule in group["rules"]]
     assert len(rules) == len(set(rules)) == 9
-    fired = {check["alertname"] for test in load("alerts.test.yml")["tests"]
-             for check in test["alert_rule_test"] if check.get("exp_alerts")}
+    fired = {
+        check["alertname"]
+        for test in load("alerts.test.yml")["tests"]
+        for check in test["alert_rule_test"]
+        if check.get("exp_alerts")
+    }
     assert fired == set(rules)
     for group in load("alerts.yml")["groups"]:
         for rule in group["rules"]:
@@ -68,11 +72,18 @@ def prometheus_rule_text() -> str:
     class Dumper(yaml.SafeDumper):
         pass
 
-    Dumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
-    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": {"name": "agejobs", "labels": {"app.kubernetes.io/part-of": "agejobs", "release": "prometheus"}},
-            "spec": {"groups": load("alerts.yml")["groups"]}}
+    Dumper.add_representer(
+        str,
+        lambda dumper, text: dumper.represent_scalar(
+            "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
+        ),
+    )
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "agejobs", "labels": {"app.kubernetes.io/part-of": "agejobs", "release": "prometheus"}},
+        "spec": {"groups": load("alerts.yml")["groups"]},
+    }
     return RULE_HEADER + yaml.dump(rule, Dumper=Dumper, sort_keys=False, width=100)
 
 

@@ -46,7 +46,9 @@ def blank_photo(height: int = 300, width: int = 200) -> np.ndarray:
 # landmarks
 
 
-def reframe(face: np.ndarray, angle: float, scale: float, centre: tuple[float, float], canvas: tuple[int, int]) -> np.ndarray:
+def reframe(
+    face: np.ndarray, angle: float, scale: float, centre: tuple[float, float], canvas: tuple[int, int]
+) -> np.ndarray:
     """The face rotated by `angle` degrees, scaled, centred at `centre` on a noisy (h, w) canvas."""
     rng = np.random.default_rng(0)
     background = cv2.GaussianBlur(rng.integers(0, 255, (*canvas, 3), dtype=np.uint8), (0, 0), 6)
@@ -144,7 +146,9 @@ def test_decode_stage_records_the_outcome_per_row_and_counts_it(real_face, tmp_p
     paths.append(str(tmp_path / "broken.jpg"))
     before = {outcome: face_outcome_count(outcome) for outcome in ("one_face", "no_face")}
 
-    out = DecodeFaces(Preprocessing(64, "landmarks", no_face))({"path": np.array(paths), "image_id": np.array(["a", "b", "c"])})
+    out = DecodeFaces(Preprocessing(64, "landmarks", no_face))(
+        {"path": np.array(paths), "image_id": np.array(["a", "b", "c"])}
+    )
 
     assert out["face_outcome"].tolist() == ["one_face", "no_face", ""]
     assert out["faces_found"].tolist() == [1, 0, 0]
@@ -222,8 +226,16 @@ def test_checkpoint_round_trip_keeps_the_preprocessing(tmp_path):
     from agejobs.config import load_config
     from agejobs.train import write_initial_checkpoint
 
-    cfg = load_config(None, ["model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=48",
-                             "data.align=landmarks", "data.no_face=error"])
+    cfg = load_config(
+        None,
+        [
+            "model.backbone=mobilenet_v3_small",
+            "model.weights=",
+            "data.image_size=48",
+            "data.align=landmarks",
+            "data.no_face=error",
+        ],
+    )
     checkpoint = write_initial_checkpoint(str(tmp_path / "ck"), cfg)
     assert Preprocessing.of(load_trained_model(checkpoint).cfg.data) == Preprocessing(48, "landmarks", "error")
 

@@ -6,11 +6,11 @@ import threading
 import time
 
 import pytest
+from test_score import OVERRIDES
 
 from agejobs.config import load_config
-from tests.ray_local import LocalRayHead, fake_autoscaling_config
 from agejobs.train import write_initial_checkpoint
-from test_score import OVERRIDES
+from tests.ray_local import LocalRayHead, fake_autoscaling_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -43,7 +43,17 @@ def test_scoring_beyond_the_head_adds_nodes_then_idle_nodes_are_removed(tmp_path
     write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=12, images_per_subject=4, image_size=40, seed=5))
     checkpoint = write_initial_checkpoint(str(tmp_path / "ck"), load_config(None, OVERRIDES))
     # The head has 1 CPU; decode (0.5) + 2 embedding actors (1 each) + search (0.5) need 3.
-    cfg = load_config(None, OVERRIDES + ["resources.embed.concurrency=2", "score.shard_images=8", "resources.decode.batch_size=4", "resources.embed.batch_size=4", "resources.search.batch_size=4"])
+    cfg = load_config(
+        None,
+        OVERRIDES
+        + [
+            "resources.embed.concurrency=2",
+            "score.shard_images=8",
+            "resources.decode.batch_size=4",
+            "resources.embed.batch_size=4",
+            "resources.search.batch_size=4",
+        ],
+    )
     with LocalRayHead(num_cpus=1, autoscaling=CLUSTER_YAML, idle_timeout_minutes=0.2) as head:
         with ray_session(address=head.gcs_address):
             quiet_ray_data()
@@ -54,7 +64,9 @@ def test_scoring_beyond_the_head_adds_nodes_then_idle_nodes_are_removed(tmp_path
                 while not stop.is_set():
                     nodes = alive_nodes()
                     peak["nodes"] = max(peak["nodes"], len(nodes))
-                    added = [node for node in nodes if "GPU" in node["Resources"] or node["Resources"].get("CPU", 0) == 2]
+                    added = [
+                        node for node in nodes if "GPU" in node["Resources"] or node["Resources"].get("CPU", 0) == 2
+                    ]
                     if added and peak["first_added"] is None:
                         peak["first_added"] = "gpu" if added[0]["Resources"].get("GPU") else "cpu"
                     time.sleep(0.5)
@@ -63,8 +75,14 @@ def test_scoring_beyond_the_head_adds_nodes_then_idle_nodes_are_removed(tmp_path
             watcher = threading.Thread(target=watch, args=(stop,), daemon=True)
             watcher.start()
             build_gallery(checkpoint, str(tmp_path / "faces" / "manifest.parquet"), str(tmp_path / "gallery"), cfg)
-            summary = score_archive(str(tmp_path / "faces" / "images"), str(tmp_path / "out"), "night", checkpoint,
-                                    str(tmp_path / "gallery"), cfg)
+            summary = score_archive(
+                str(tmp_path / "faces" / "images"),
+                str(tmp_path / "out"),
+                "night",
+                checkpoint,
+                str(tmp_path / "gallery"),
+                cfg,
+            )
             stop.set()
             watcher.join()
             assert summary["rows_in"] == 48 and summary["scored"] == 48

@@ -8,14 +8,13 @@ import io
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from bad_inputs import write_bad_input_corpus
 
 from agejobs import pack, storage
 from agejobs.data import DecodeFaces
 from agejobs.datasets.manifest import SplitSpec, write_import
 from agejobs.datasets.registry import import_layout
 from agejobs.verify import verify_import
-
-from bad_inputs import write_bad_input_corpus
 
 # CSV rows whose LABELS are unusable (their images are fine): reason substring each.
 BAD_LABELS = {
@@ -35,9 +34,25 @@ def corpus_on_s3(tmp_path, s3_bucket):
     album = tmp_path / "morph" / "Album2"
     expected = write_bad_input_corpus(album)
     good_jpeg = (album / "good.jpg").read_bytes()
-    rows = [["id_num", "picture_num", "dob", "doa", "race", "gender", "facial_hair", "age", "age_diff", "glasses", "photo"]]
+    rows = [
+        ["id_num", "picture_num", "dob", "doa", "race", "gender", "facial_hair", "age", "age_diff", "glasses", "photo"]
+    ]
     for index, name in enumerate(sorted(expected)):
-        rows.append([f"{index:03d}", "1", "", "", "W", "M" if index % 2 else "F", "0", str(20 + index), "0", "0", f"Album2/{name}"])
+        rows.append(
+            [
+                f"{index:03d}",
+                "1",
+                "",
+                "",
+                "W",
+                "M" if index % 2 else "F",
+                "0",
+                str(20 + index),
+                "0",
+                "0",
+                f"Album2/{name}",
+            ]
+        )
     for index, (stem, (age, gender, _)) in enumerate(sorted(BAD_LABELS.items())):
         (album / f"{stem}.jpg").write_bytes(good_jpeg)
         rows.append([f"9{index:02d}", "1", "", "", "W", gender, "0", age, "0", "0", f"Album2/{stem}.jpg"])

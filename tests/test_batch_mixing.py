@@ -58,8 +58,17 @@ def sorted_manifest(tmp_path_factory) -> str:
     for row, age in enumerate(AGES):
         path = root / f"{row:05d}.png"
         path.write_bytes(face_png(row, int(age)))
-        rows.append({"image_id": f"{row:05d}", "path": str(path), "age": int(age), "gender": row % 2,
-                     "subject_id": f"{row:05d}", "split": "train", "dataset": "synthetic"})
+        rows.append(
+            {
+                "image_id": f"{row:05d}",
+                "path": str(path),
+                "age": int(age),
+                "gender": row % 2,
+                "subject_id": f"{row:05d}",
+                "split": "train",
+                "dataset": "synthetic",
+            }
+        )
     manifest = str(root / "manifest.parquet")
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest)  # ONE row group
     assert pq.ParquetFile(manifest).metadata.num_row_groups == 1
@@ -76,8 +85,11 @@ def batch_statistics(worker_steps: list[list[np.ndarray]]) -> dict:
         gaps = np.abs(ages[:, None] - ages[None, :])
         ratios.append((gaps[~np.eye(len(ages), dtype=bool)] <= TOLERANCE).mean())
     means = np.array([ages.mean() for ages in global_batches])
-    return {"within_std": float(within_std), "positive_ratio": float(np.mean(ratios)),
-            "lag1_corr": float(np.corrcoef(means[:-1], means[1:])[0, 1])}
+    return {
+        "within_std": float(within_std),
+        "positive_ratio": float(np.mean(ratios)),
+        "lag1_corr": float(np.corrcoef(means[:-1], means[1:])[0, 1]),
+    }
 
 
 def iid_reference(repeats: int = 400) -> dict:
@@ -87,8 +99,10 @@ def iid_reference(repeats: int = 400) -> dict:
     draws = []
     for _ in range(repeats):
         order = AGES[rng.permutation(len(AGES))]
-        worker_steps = [[order[t * GLOBAL_BATCH + w * local: t * GLOBAL_BATCH + (w + 1) * local] for t in range(steps)]
-                        for w in range(WORKERS)]
+        worker_steps = [
+            [order[t * GLOBAL_BATCH + w * local : t * GLOBAL_BATCH + (w + 1) * local] for t in range(steps)]
+            for w in range(WORKERS)
+        ]
         draws.append(batch_statistics(worker_steps))
     return {key: (np.mean([d[key] for d in draws]), np.std([d[key] for d in draws])) for key in draws[0]}
 
@@ -98,8 +112,16 @@ def record_training_batches(source: str, out_dir, overrides: list[str]) -> list[
     from agejobs.config import config_to_dict
     from agejobs.train import make_trainer, shuffle_buffer_rows, training_dataset
 
-    cfg = load_config(None, [f"train.num_workers={WORKERS}", f"train.batch_size={GLOBAL_BATCH}", "data.image_size=8",
-                             "train.seed=3", *overrides])
+    cfg = load_config(
+        None,
+        [
+            f"train.num_workers={WORKERS}",
+            f"train.batch_size={GLOBAL_BATCH}",
+            "data.image_size=8",
+            "train.seed=3",
+            *overrides,
+        ],
+    )
 
     def recording_loop(loop_config):
         import ray.train
@@ -113,15 +135,26 @@ def record_training_batches(source: str, out_dir, overrides: list[str]) -> list[
         shard = ray.train.get_dataset_shard("train")
         steps = []
         for epoch in range(EPOCHS):
-            for batch in epoch_batches(shard, cfg.train.batch_size // world, loop_config["shuffle_buffer_rows"], cfg, epoch, rank):
+            for batch in epoch_batches(
+                shard, cfg.train.batch_size // world, loop_config["shuffle_buffer_rows"], cfg, epoch, rank
+            ):
                 first_pixel = batch["image"][:, 0, 0, :].long()
-                steps.append({"epoch": epoch, "rows": (first_pixel[:, 0] * 256 + first_pixel[:, 1]).tolist(),
-                              "pixel_ages": first_pixel[:, 2].tolist(), "ages": batch["age"].tolist()})
+                steps.append(
+                    {
+                        "epoch": epoch,
+                        "rows": (first_pixel[:, 0] * 256 + first_pixel[:, 1]).tolist(),
+                        "pixel_ages": first_pixel[:, 2].tolist(),
+                        "ages": batch["age"].tolist(),
+                    }
+                )
         with open(f"{loop_config['out']}/rank-{rank}.json", "w") as handle:
             json.dump(steps, handle)
 
-    loop_config = {"config": config_to_dict(cfg), "out": str(out_dir),
-                   "shuffle_buffer_rows": shuffle_buffer_rows(cfg, source)}
+    loop_config = {
+        "config": config_to_dict(cfg),
+        "out": str(out_dir),
+        "shuffle_buffer_rows": shuffle_buffer_rows(cfg, source),
+    }
     make_trainer(recording_loop, loop_config, cfg, training_dataset(cfg, source), "mixing", str(out_dir / "runs")).fit()
     return [json.loads((out_dir / f"rank-{rank}.json").read_text()) for rank in range(WORKERS)]
 
@@ -141,7 +174,8 @@ def check_like_iid(received: list[list[dict]]) -> None:
         for key, value in stats.items():
             mean, sd = reference[key]
             assert abs(value - mean) <= SIGMAS * sd, (
-                f"epoch {epoch}: {key} = {value:.3f}, i.i.d. batches give {mean:.3f} +- {sd:.3f}")
+                f"epoch {epoch}: {key} = {value:.3f}, i.i.d. batches give {mean:.3f} +- {sd:.3f}"
+            )
         first_batches.append(per_worker[0][0]["rows"])
     assert first_batches[0] != first_batches[1], "every epoch must draw a fresh order"
 
@@ -150,7 +184,9 @@ def test_batches_from_a_label_sorted_manifest_are_mixed_like_iid_batches(local_r
     check_like_iid(record_training_batches(sorted_manifest, tmp_path, []))
 
 
-def test_batches_from_a_pack_of_a_label_sorted_manifest_are_mixed_like_iid_batches(local_ray, sorted_manifest, tmp_path):
+def test_batches_from_a_pack_of_a_label_sorted_manifest_are_mixed_like_iid_batches(
+    local_ray, sorted_manifest, tmp_path
+):
     from agejobs.pack import pack
 
     packed = tmp_path / "packed"

@@ -13,7 +13,10 @@ UTKFACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "utkface-par
 
 
 def test_help_imports_no_heavy_modules():
-    code = "import sys; from agejobs.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'ray', 'scann', 'torchvision', 'pyarrow') if m in sys.modules))"
+    code = (
+        "import sys; from agejobs.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'ray', 'scann', 'torchvision', 'pyarrow') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -28,8 +31,18 @@ def last_json_line(text: str) -> dict:
 
 
 def test_synth_prints_counts(tmp_path, capsys):
-    assert main(["synth", str(tmp_path / "synth"), "dataset.synth_subjects=6", "dataset.synth_images_per_subject=2",
-                 "dataset.synth_image_size=40"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path / "synth"),
+                "dataset.synth_subjects=6",
+                "dataset.synth_images_per_subject=2",
+                "dataset.synth_image_size=40",
+            ]
+        )
+        == 0
+    )
     counts = last_json_line(capsys.readouterr().out)
     assert counts["rows_ok"] == 12 and counts["rows_rejected"] == 0
     assert (tmp_path / "synth" / "manifest.parquet").exists()
@@ -51,8 +64,17 @@ def test_bad_override_is_a_clear_error(tmp_path, capsys):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
-    argv = ["gallery", "build", "--checkpoint", str(tmp_path / "runs" / "nope"), "--source", str(tmp_path / "m.parquet"),
-            "--out", str(tmp_path / "gallery"), "ray.num_cpus=1"]
+    argv = [
+        "gallery",
+        "build",
+        "--checkpoint",
+        str(tmp_path / "runs" / "nope"),
+        "--source",
+        str(tmp_path / "m.parquet"),
+        "--out",
+        str(tmp_path / "gallery"),
+        "ray.num_cpus=1",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"agejobs gallery: error: {tmp_path / 'runs' / 'nope'} is not an agejobs checkpoint" in err
@@ -74,19 +96,33 @@ def test_evaluate_overrides_only_inference_settings_of_a_checkpoint(tmp_path):
     job.write_text("eval: {knn_m: 7}\ndata: {test_flip: true, image_size: 64, align: none}\n")
     from_file = inference_config(trained, str(job), [])
     assert (from_file.eval.knn_m, from_file.data.test_flip, from_file.data.image_size, from_file.data.align) == (
-        7, True, trained.data.image_size, "landmarks")
+        7,
+        True,
+        trained.data.image_size,
+        "landmarks",
+    )
     assert inference_config(trained, str(job), ["eval.knn_m=9"]).eval.knn_m == 9
 
 
 INPUT_TYPOS = [
-    (["train", "-c", "configs/demo.yaml", "--manifest", "{tmp}/nope.parquet"], "manifest {tmp}/nope.parquet does not exist"),
+    (
+        ["train", "-c", "configs/demo.yaml", "--manifest", "{tmp}/nope.parquet"],
+        "manifest {tmp}/nope.parquet does not exist",
+    ),
     (["pack", "{tmp}/nope.parquet", "{tmp}/packed"], "manifest {tmp}/nope.parquet does not exist"),
     (["ingest", "utkface", "{tmp}/nope", "{tmp}/out"], "source {tmp}/nope does not exist"),
-    (["experiment", "-c", "configs/utkface.yaml", "--workdir", "{tmp}/w", "dataset.source={tmp}/nope"],
-     "dataset.source {tmp}/nope does not exist"),
-    (["score", "--checkpoint", "{tmp}/ck", "--gallery", "{tmp}/g", "--archive", "{tmp}/a", "--out", "{tmp}/o"],
-     "{tmp}/ck is not an agejobs checkpoint"),
-    (["evaluate", "--scored", "{tmp}/run", "--labels", "{tmp}/nope.parquet"], "labels {tmp}/nope.parquet does not exist"),
+    (
+        ["experiment", "-c", "configs/utkface.yaml", "--workdir", "{tmp}/w", "dataset.source={tmp}/nope"],
+        "dataset.source {tmp}/nope does not exist",
+    ),
+    (
+        ["score", "--checkpoint", "{tmp}/ck", "--gallery", "{tmp}/g", "--archive", "{tmp}/a", "--out", "{tmp}/o"],
+        "{tmp}/ck is not an agejobs checkpoint",
+    ),
+    (
+        ["evaluate", "--scored", "{tmp}/run", "--labels", "{tmp}/nope.parquet"],
+        "labels {tmp}/nope.parquet does not exist",
+    ),
 ]
 
 

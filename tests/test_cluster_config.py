@@ -74,7 +74,9 @@ def test_kuberay_raycluster_names_image_resources_and_autoscaling():
         assert group["rayStartParams"]["metrics-export-port"] == "8080"
 
 
-@pytest.mark.parametrize(("name", "command"), [("cluster/rayjob-train.yaml", "train"), ("cluster/rayjob-score.yaml", "score")])
+@pytest.mark.parametrize(
+    ("name", "command"), [("cluster/rayjob-train.yaml", "train"), ("cluster/rayjob-score.yaml", "score")]
+)
 def test_rayjobs_run_real_agejobs_commands_on_the_cluster(name, command):
     job = load(name)
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
@@ -108,7 +110,12 @@ def test_prometheus_config_scrapes_ray_and_strips_its_prefix_from_ours():
     assert jobs["ray"]["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
     for name in ("ray", "ray-pods"):
         relabel = jobs[name]["metric_relabel_configs"][0]
-        assert re.sub(f"^{relabel['regex']}$", relabel["replacement"].replace("$1", r"\1"), "ray_agejobs_score_images_total") == "agejobs_score_images_total"
+        assert (
+            re.sub(
+                f"^{relabel['regex']}$", relabel["replacement"].replace("$1", r"\1"), "ray_agejobs_score_images_total"
+            )
+            == "agejobs_score_images_total"
+        )
     assert jobs["agejobs-process"]["static_configs"][0]["targets"]
 
 

@@ -30,7 +30,9 @@ def test_groups_larger_than_k_become_k_prototypes_and_small_groups_stay_as_they_
     kept = [i for i, name in enumerate(condensed["image_id"]) if not str(name).startswith("prototype:")]
     originals = {name: i for i, name in enumerate(columns["image_id"])}
     for i in kept:  # real faces carried over unchanged
-        np.testing.assert_array_equal(condensed["age_embedding"][i], columns["age_embedding"][originals[condensed["image_id"][i]]])
+        np.testing.assert_array_equal(
+            condensed["age_embedding"][i], columns["age_embedding"][originals[condensed["image_id"][i]]]
+        )
     assert condensed["age_embedding"].shape == (18, 70) and condensed["gender_embedding"].shape == (18, 10)
     assert condensed["age_embedding"].dtype == np.float32
 
@@ -40,7 +42,9 @@ def test_one_prototype_of_a_group_is_its_coordinate_wise_median():
     condensed = per_age_prototypes(columns, per_group=1)
     group = (columns["age"] == 40) & (columns["gender"] == 1)
     row = [i for i, (a, g) in enumerate(zip(condensed["age"], condensed["gender"])) if (a, g) == (40, 1)][0]
-    np.testing.assert_allclose(condensed["age_embedding"][row], np.median(columns["age_embedding"][group], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        condensed["age_embedding"][row], np.median(columns["age_embedding"][group], axis=0), rtol=1e-6
+    )
 
 
 def test_k_below_one_is_refused():

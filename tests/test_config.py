@@ -79,10 +79,22 @@ def test_a_config_stored_before_the_resources_blocks_and_typed_search_settings_l
     stored["data"].update(decode_concurrency=3, decode_batch_size=32, read_concurrency=4)
     stored["eval"].update(knn_chunk_size=1024, cs_max_threshold=10, embed_batch_size=64, embed_concurrency=2)
     stored["score"].update(batch_size=64, embed_gpus=1.0, search_concurrency=4)
-    stored["gallery"] = {"split": "train", "search": "exact", "brute_force_max": 10, "candidates": 50, "reorder": 0,
-                         "num_leaves": 0, "leaves_to_search": 0, "prototypes_per_age": 0}
+    stored["gallery"] = {
+        "split": "train",
+        "search": "exact",
+        "brute_force_max": 10,
+        "candidates": 50,
+        "reorder": 0,
+        "num_leaves": 0,
+        "leaves_to_search": 0,
+        "prototypes_per_age": 0,
+    }
     cfg = config_from_dict(stored, stored=True)
-    assert (cfg.gallery.search.mode, cfg.gallery.search.brute_force_max, cfg.gallery.search.candidates) == ("exact", 10, 50)
+    assert (cfg.gallery.search.mode, cfg.gallery.search.brute_force_max, cfg.gallery.search.candidates) == (
+        "exact",
+        10,
+        50,
+    )
     assert cfg.resources == Config().resources  # job sizing is the job's, not the checkpoint's
     with pytest.raises(ConfigError, match="unknown config key data.decode_concurrency"):
         load_config(None, ["data.decode_concurrency=3"])
@@ -91,8 +103,15 @@ def test_a_config_stored_before_the_resources_blocks_and_typed_search_settings_l
 def test_gallery_search_is_the_index_settings_type_and_each_stage_has_one_resources_block():
     from agejobs import knn
 
-    cfg = load_config(None, ["gallery.search.mode=approximate", "gallery.search.candidates=300",
-                             "resources.embed.gpus=1", "resources.decode.concurrency=8"])
+    cfg = load_config(
+        None,
+        [
+            "gallery.search.mode=approximate",
+            "gallery.search.candidates=300",
+            "resources.embed.gpus=1",
+            "resources.decode.concurrency=8",
+        ],
+    )
     assert isinstance(cfg.gallery.search, knn.SearchSettings) and cfg.gallery.search.candidates == 300
     assert cfg.gallery.search.resolved_mode(10) == "approximate"
     assert (cfg.resources.embed.gpus, cfg.resources.decode.concurrency, cfg.resources.read.cpus) == (1.0, 8, 0.25)

@@ -64,8 +64,12 @@ def test_decode_stage_turns_bad_files_into_error_rows(tmp_path):
     truncated.write_bytes(good.read_bytes()[:40])
     missing = tmp_path / "missing.jpg"
     paths = [str(p) for p in (good, empty, text, truncated, missing)]
-    batch = {"path": np.array(paths, dtype=object), "image_id": np.array(["a", "b", "c", "d", "e"]),
-             "age": np.array([1, 2, 3, 4, 5]), "gender": np.array([0, 1, 0, 1, 0])}
+    batch = {
+        "path": np.array(paths, dtype=object),
+        "image_id": np.array(["a", "b", "c", "d", "e"]),
+        "age": np.array([1, 2, 3, 4, 5]),
+        "gender": np.array([0, 1, 0, 1, 0]),
+    }
     out = DecodeFaces(8)(batch)
     assert out["image"].shape == (5, 8, 8, 3)
     assert out["error"][0] == ""

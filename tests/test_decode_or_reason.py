@@ -69,11 +69,25 @@ def test_its_three_callers_report_the_same_reasons(inputs, tmp_path):
     for out in (decoded, checked):
         assert list(zip(out["error"], out["error_class"])) == expected
     assert list(decoded["face_outcome"]) == ["not_searched", "", ""]
-    rows = rows_to_table([{"image_id": name, "path": path, "age": 1, "gender": 0, "subject_id": name,
-                           "split": "test", "dataset": "test"} for name, path in zip("gnm", inputs)])
+    rows = rows_to_table(
+        [
+            {
+                "image_id": name,
+                "path": path,
+                "age": 1,
+                "gender": 0,
+                "subject_id": name,
+                "split": "test",
+                "dataset": "test",
+            }
+            for name, path in zip("gnm", inputs)
+        ]
+    )
     out = str(tmp_path / "packed")
     plan = pack.PackPlan(str(tmp_path), 3, 3, 1, 0, verify_images=True)
     assert pack.pack_shard(rows, out, plan, 0) == {"rows_in": 3, "rows_ok": 1, "rows_rejected": 2}
     errors = pq.read_table(pack.errors_uri(out, 0)).to_pylist()
     assert [(e["stage"], e["reason"], e["reason_class"]) for e in errors] == [
-        (pack.STAGE_DECODE, *expected[1]), (pack.STAGE_READ, *expected[2])]
+        (pack.STAGE_DECODE, *expected[1]),
+        (pack.STAGE_READ, *expected[2]),
+    ]

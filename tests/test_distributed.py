@@ -64,7 +64,9 @@ def run_two_ranks(pairs, tmp_path, chunk_rows=0, kernel="cdist"):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(worker, args=(port, pairs, str(tmp_path), chunk_rows, kernel), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(
+        worker, args=(port, pairs, str(tmp_path), chunk_rows, kernel), nprocs=WORLD, start_method="spawn"
+    )
     return [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -87,8 +89,9 @@ def test_loss_object_from_plain_values_is_the_formula_on_one_process(gender_weig
     formula as reference), and a log of the unscaled parts of the batch."""
     x, ages, genders = batch()
     outputs = TwoHeads()(x)
-    loss_fn = SiameseLoss(age_tolerance=2, q=50.0, gender_weight=gender_weight, pairs="global", chunk_rows=5,
-                          kernel="cdist")
+    loss_fn = SiameseLoss(
+        age_tolerance=2, q=50.0, gender_weight=gender_weight, pairs="global", chunk_rows=5, kernel="cdist"
+    )
     loss, log = loss_fn(outputs, ages, genders)
     age = losses.revised_contrastive_loss(outputs["age"], ages, 2, q=50.0)
     gender = losses.revised_contrastive_loss(outputs["gender"], genders, 0, q=50.0)
@@ -105,8 +108,14 @@ def test_make_loss_builds_the_configured_loss():
     cfg = config("local", chunk_rows=3, kernel="cdist")
     siamese = make_loss(cfg.loss, "siamese")
     assert isinstance(siamese, SiameseLoss)
-    assert (siamese.age_tolerance, siamese.q, siamese.gender_weight, siamese.pairs, siamese.chunk_rows,
-            siamese.kernel) == (cfg.loss.age_tolerance, cfg.loss.q, cfg.loss.gender_weight, "local", 3, "cdist")
+    assert (
+        siamese.age_tolerance,
+        siamese.q,
+        siamese.gender_weight,
+        siamese.pairs,
+        siamese.chunk_rows,
+        siamese.kernel,
+    ) == (cfg.loss.age_tolerance, cfg.loss.q, cfg.loss.gender_weight, "local", 3, "cdist")
     x, ages, genders = batch()
     heads = TwoHeads()(x)
     outputs = {"age": heads["age"][:, :1], "gender": heads["gender"]}  # a regression head: one age
@@ -144,9 +153,12 @@ def embeddings_only_batch():
     """Age and gender embeddings of LARGE_WORLD * LARGE_LOCAL faces (no backbone), float64."""
     generator = torch.Generator().manual_seed(2)
     total = LARGE_WORLD * LARGE_LOCAL
-    return (torch.randn(total, 70, generator=generator, dtype=torch.float64) * 10,
-            torch.randn(total, 10, generator=generator, dtype=torch.float64) * 10,
-            torch.randint(1, 90, (total,), generator=generator), torch.randint(0, 2, (total,), generator=generator))
+    return (
+        torch.randn(total, 70, generator=generator, dtype=torch.float64) * 10,
+        torch.randn(total, 10, generator=generator, dtype=torch.float64) * 10,
+        torch.randint(1, 90, (total,), generator=generator),
+        torch.randint(0, 2, (total,), generator=generator),
+    )
 
 
 def embeddings_worker(rank, port, out_dir):

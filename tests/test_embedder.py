@@ -13,7 +13,9 @@ OVERRIDES = ["model.backbone=resnet18", "model.weights=", "data.image_size=32"]
 
 @pytest.mark.parametrize("method", ["siamese", "regression", "dex"])
 def test_test_time_flip_averages_the_face_and_its_mirror_image(tmp_path, method):
-    checkpoint = write_initial_checkpoint(str(tmp_path / "ck"), load_config(None, OVERRIDES + [f"train.method={method}"]))
+    checkpoint = write_initial_checkpoint(
+        str(tmp_path / "ck"), load_config(None, OVERRIDES + [f"train.method={method}"])
+    )
     rng = np.random.default_rng(0)
     faces = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     plain, flipping = Embedder(checkpoint), Embedder(checkpoint, test_flip=True)

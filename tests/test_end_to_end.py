@@ -23,7 +23,8 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys):
         "train.max_time_s=0",
         "eval.knn_m=5",
         "eval.age_only_model=false",
-        "eval.baselines=[mean, ridge-pixels, regression, dex]",  # every baseline, DEX too (the demo config leaves it out for time)
+        # every baseline, DEX too (the demo config leaves it out for time)
+        "eval.baselines=[mean, ridge-pixels, regression, dex]",
     ]
     assert main(["demo", "--workdir", str(workdir), *overrides]) == 0
     out = capsys.readouterr().out
@@ -91,14 +92,35 @@ def test_train_and_evaluate_commands_on_s3(local_s3, s3_bucket, capsys):
     write_synthetic(f"{s3_bucket}/faces", SynthSpec(num_subjects=16, images_per_subject=3, image_size=40))
     pack.pack(f"{s3_bucket}/faces/manifest.parquet", f"{s3_bucket}/packed", 20_000, runner="inline")
     tiny = ["data.image_size=32", "model.weights=", "train.batch_size=16", "train.max_steps=2", "train.max_time_s=0"]
-    assert main(["train", "-c", "configs/demo.yaml", "--manifest", f"{s3_bucket}/packed", "--workdir", f"{s3_bucket}/run", *tiny]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "-c",
+                "configs/demo.yaml",
+                "--manifest",
+                f"{s3_bucket}/packed",
+                "--workdir",
+                f"{s3_bucket}/run",
+                *tiny,
+            ]
+        )
+        == 0
+    )
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert trained["checkpoint"].startswith(f"{s3_bucket}/run/runs/siamese/checkpoint_")  # train.storage_path=runs
     assert storage.exists(f"{trained['checkpoint']}/checkpoint.pt")
     assert storage.exists(f"{s3_bucket}/run/config.yaml")
     assert json.loads(storage.read_bytes(f"{s3_bucket}/run/agejobs-train.json")) == trained  # the record in the output
 
-    evaluate_args = ["--checkpoint", trained["checkpoint"], "--manifest", f"{s3_bucket}/packed", "--workdir", f"{s3_bucket}/eval"]
+    evaluate_args = [
+        "--checkpoint",
+        trained["checkpoint"],
+        "--manifest",
+        f"{s3_bucket}/packed",
+        "--workdir",
+        f"{s3_bucket}/eval",
+    ]
     assert main(["evaluate", *evaluate_args]) == 0
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["report"] == f"{s3_bucket}/eval/report.json"

@@ -39,8 +39,19 @@ def test_cumulative_score_inclusive_boundary(threshold, expected):
 
 def test_cumulative_scores_every_integer_threshold():
     scores = ev.cumulative_scores(PRED, TRUE, max_threshold=10)
-    assert scores == {0: 25.0, 1: 25.0, 2: 50.0, 3: 75.0, 4: 75.0, 5: 75.0,
-                      6: 75.0, 7: 75.0, 8: 75.0, 9: 100.0, 10: 100.0}
+    assert scores == {
+        0: 25.0,
+        1: 25.0,
+        2: 50.0,
+        3: 75.0,
+        4: 75.0,
+        5: 75.0,
+        6: 75.0,
+        7: 75.0,
+        8: 75.0,
+        9: 100.0,
+        10: 100.0,
+    }
     assert ev.cumulative_scores(PRED, TRUE, max_threshold=0) == {0: 25.0}
 
 
@@ -222,14 +233,26 @@ def test_peer_row_is_computed_on_exactly_the_test_faces(tmp_path):
     from agejobs.datasets.manifest import rows_to_table
     from agejobs.experiment import peer_report
 
-    rows = [{"image_id": f"f{i}", "path": f"/data/f{i}.jpg", "age": age, "gender": i % 2, "subject_id": f"f{i}",
-             "split": split, "dataset": "utkface"} for i, (age, split) in enumerate(zip(TRUE + [40], ["test"] * 4 + ["train"]))]
+    rows = [
+        {
+            "image_id": f"f{i}",
+            "path": f"/data/f{i}.jpg",
+            "age": age,
+            "gender": i % 2,
+            "subject_id": f"f{i}",
+            "split": split,
+            "dataset": "utkface",
+        }
+        for i, (age, split) in enumerate(zip(TRUE + [40], ["test"] * 4 + ["train"]))
+    ]
     manifest = tmp_path / "manifest.parquet"
     pq.write_table(rows_to_table(rows), manifest)
     csv = tmp_path / "peer.csv"
     # one prediction per face, the training face's included (it must not count), in another order
-    csv.write_text("file,pred_age,pred_gender\n" + "\n".join(
-        f"f{i}.jpg,{pred},{i % 2}" for i, pred in reversed(list(enumerate(PRED + [99])))))
+    csv.write_text(
+        "file,pred_age,pred_gender\n"
+        + "\n".join(f"f{i}.jpg,{pred},{i % 2}" for i, pred in reversed(list(enumerate(PRED + [99]))))
+    )
     report = peer_report(str(manifest), str(csv))
     assert report["method"] == "peer" and report["n"] == 4
     assert report["mae"] == 3.5 and report["gender_accuracy"] == 1.0

@@ -12,7 +12,9 @@ from agejobs import losses
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU path: Triton kernels, bf16 autocast, NCCL)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device (the GPU path: Triton kernels, bf16 autocast, NCCL)"
+    ),
 ]
 
 
@@ -65,7 +67,9 @@ def _nccl_worker(rank, port, out_dir):
     local = x[rows]
     cols = distributed.gather_with_grad(local)
     col_labels = distributed.gather_no_grad(labels[rows])
-    pair_sum, _ = losses.revised_contrastive_pair_sum(local, labels[rows], cols, col_labels, 3, 100.0, rank * 8, 4, "compiled")
+    pair_sum, _ = losses.revised_contrastive_pair_sum(
+        local, labels[rows], cols, col_labels, 3, 100.0, rank * 8, 4, "compiled"
+    )
     (pair_sum * distributed.global_pair_loss_scale() / (16 * 15)).backward()
     torch.save(x.grad.cpu(), os.path.join(out_dir, f"grad{rank}.pt"))
     dist.destroy_process_group()
@@ -93,9 +97,14 @@ def test_embedder_on_cuda_matches_cpu(tmp_path, monkeypatch):
     from agejobs.gallery import Embedder
     from agejobs.train import write_initial_checkpoint
 
-    checkpoint = write_initial_checkpoint(str(tmp_path / "ck"), load_config(None, ["model.weights=", "data.image_size=64"]))
-    batch = {"image": np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8),
-             "image_id": np.arange(8), "error": np.array([""] * 7 + ["bad"], dtype=object)}
+    checkpoint = write_initial_checkpoint(
+        str(tmp_path / "ck"), load_config(None, ["model.weights=", "data.image_size=64"])
+    )
+    batch = {
+        "image": np.random.default_rng(0).integers(0, 255, (8, 64, 64, 3), dtype=np.uint8),
+        "image_id": np.arange(8),
+        "error": np.array([""] * 7 + ["bad"], dtype=object),
+    }
     on_gpu = Embedder(checkpoint)(dict(batch))
     assert on_gpu["age_embedding"].shape == (8, 70) and not on_gpu["age_embedding"][7].any()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same stage, on the CPU

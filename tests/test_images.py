@@ -54,7 +54,10 @@ def test_corpus_case_decodes_upright_rgb_or_names_the_reason(name):
     # The bright block is top-left only if EXIF orientation (and frame choice) were applied.
     assert corners["top_left"].min() > 200, (name, corners)
     darkest_allowed = corners["top_left"].min() - 100
-    assert corners["top_right"].max() < darkest_allowed and corners["bottom_left"].max() < darkest_allowed, (name, corners)
+    assert corners["top_right"].max() < darkest_allowed and corners["bottom_left"].max() < darkest_allowed, (
+        name,
+        corners,
+    )
     if name == "gray16.png":
         # 16-bit mid gray is ~128, not the 255 that PIL's convert("RGB") clips it to.
         assert np.abs(image[HEIGHT // 2, WIDTH // 2].astype(int) - MID_GRAY_16 // 256).max() <= 1, image[24, 32]

@@ -84,9 +84,18 @@ MORPH_HEADER = "id_num,picture_num,dob,doa,race,gender,facial_hair,age,age_diff,
 
 
 def make_morph(root: Path) -> Path:
-    write_images(root / "Album2", "003055_1M22.JPG", "003055_2M23.JPG", "000412_0F45.JPG", "000500_0F30.JPG",
-                 "000501_0M30.JPG", "000502_0M30.JPG", "000503_0M30.JPG", "unreferenced.JPG",
-                 empty=("000600_0F41.JPG",))
+    write_images(
+        root / "Album2",
+        "003055_1M22.JPG",
+        "003055_2M23.JPG",
+        "000412_0F45.JPG",
+        "000500_0F30.JPG",
+        "000501_0M30.JPG",
+        "000502_0M30.JPG",
+        "000503_0M30.JPG",
+        "unreferenced.JPG",
+        empty=("000600_0F41.JPG",),
+    )
     write_lines(
         root / "morph_2008_nonCommercial.csv",
         MORPH_HEADER,
@@ -143,6 +152,7 @@ def test_morph_malformed_csv_names_the_file(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------- MegaAge
+
 
 def make_megaage(root: Path) -> Path:
     write_images(root / "train", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "7.jpg", "unlisted.jpg")
@@ -246,9 +256,19 @@ def test_aaf_aligned_directory_spelt_right(tmp_path: Path):
 
 # -------------------------------------------------------------------------------------------- FG-NET
 
+
 def make_fgnet(root: Path) -> Path:
-    write_images(root / "images", "001A02.JPG", "001A43a.JPG", "001a10.jpg", "002A05.JPG", "002A05.jpg",
-                 "Thumbs.db", "04A10.JPG", empty=("003A00.JPG",))
+    write_images(
+        root / "images",
+        "001A02.JPG",
+        "001A43a.JPG",
+        "001a10.jpg",
+        "002A05.JPG",
+        "002A05.jpg",
+        "Thumbs.db",
+        "04A10.JPG",
+        empty=("003A00.JPG",),
+    )
     write_images(root / "images" / "extra", "005A05.JPG")  # a subdirectory: not an input
     return root
 
@@ -371,6 +391,7 @@ def test_appa_real_without_face_crops_reads_the_photos(tmp_path: Path):
 
 # ----------------------------------------------------------------------------------------- IMDB-WIKI
 
+
 def datenum(day: date) -> float:
     """MATLAB serial date number of a date (datenum(0000-01-01) == 1)."""
     return float(day.toordinal() + 366)
@@ -447,8 +468,12 @@ def test_imdb_wiki(tmp_path: Path):
     result = import_imdb_wiki(str(root))
     crop, mat = root / "wiki_crop", str(root / "wiki_crop" / "wiki.mat")
     assert rows_of(result) == {
-        "wiki/12/10001112_1971-07-01_2012": (str(crop / "12/10001112_1971-07-01_2012.jpg"), 40, 0,
-                                             "wiki/12/10001112_1971-07-01_2012"),  # no name: own subject
+        "wiki/12/10001112_1971-07-01_2012": (
+            str(crop / "12/10001112_1971-07-01_2012.jpg"),
+            40,
+            0,
+            "wiki/12/10001112_1971-07-01_2012",
+        ),  # no name: own subject
         "wiki/17/10000217_1981-05-05_2009": (str(crop / "17/10000217_1981-05-05_2009.jpg"), 28, 0, "Sami Jauhojärvi"),
         "wiki/48/10000548_1925-04-04_1964": (str(crop / "48/10000548_1925-04-04_1964.jpg"), 39, 1, "Ann Lee"),
         "wiki/48/10000548_1925-04-04_1970": (str(crop / "48/10000548_1925-04-04_1970.jpg"), 45, 1, "Ann Lee"),
@@ -493,6 +518,7 @@ def test_imdb_wiki_picks_the_database_and_names_bad_files(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------ registry
 
+
 def test_every_layout_imports_through_the_registry(tmp_path: Path):
     utkface = tmp_path / "utkface"
     write_images(utkface, "25_0_2_20170116174525125.jpg.chip.jpg", "30_1_0_20170116174525125.jpg.chip.jpg")
@@ -512,10 +538,10 @@ def test_every_layout_imports_through_the_registry(tmp_path: Path):
         assert result.split == split
         assert result.table.num_rows >= 2, layout
         assert set(result.table.column("dataset").to_pylist()) == {layout}, layout
-    assert import_layout("aaf", str(sources["aaf"]), split, images="original").table.column("path").to_pylist()[0] \
-        == str(sources["aaf"] / "original images" / "00000A02.jpg")
+    assert import_layout("aaf", str(sources["aaf"]), split, images="original").table.column("path").to_pylist()[
+        0
+    ] == str(sources["aaf"] / "original images" / "00000A02.jpg")
     with pytest.raises(ValueError, match="unknown dataset layout 'lfw'"):
         import_layout("lfw", str(tmp_path), split)
     with pytest.raises(TypeError, match="unexpected keyword argument 'images'"):
         import_layout("utkface", str(utkface), split, images="original")
-

@@ -32,10 +32,29 @@ def test_ray_job_submit_trains_to_completion(ray_head, tmp_path):
     write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=12, images_per_subject=3, image_size=40))
     workdir = tmp_path / "run"
     command = [
-        f"{BIN}/ray", "job", "submit", "--address", address, "--working-dir", REPO, "--",
-        "python", "-m", "agejobs", "train", "-c", "configs/demo.yaml",
-        "--manifest", str(tmp_path / "faces" / "manifest.parquet"), "--workdir", str(workdir),
-        "data.image_size=32", "model.weights=", "train.batch_size=8", "train.max_steps=2", "train.max_time_s=0",
+        f"{BIN}/ray",
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        REPO,
+        "--",
+        "python",
+        "-m",
+        "agejobs",
+        "train",
+        "-c",
+        "configs/demo.yaml",
+        "--manifest",
+        str(tmp_path / "faces" / "manifest.parquet"),
+        "--workdir",
+        str(workdir),
+        "data.image_size=32",
+        "model.weights=",
+        "train.batch_size=8",
+        "train.max_steps=2",
+        "train.max_time_s=0",
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

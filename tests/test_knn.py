@@ -94,7 +94,14 @@ def test_approximate_search_reaches_the_configured_recall():
     tuning, held_out = clustered(300, seed=2), clustered(300, seed=3)
     index = knn.L1Index.build(reference, knn.SearchSettings(mode="approximate", num_leaves=140), m=20)
     chosen, points = knn.tune_approximate(index, tuning, 0.98)
-    assert max(p["recall"] for p in points if (p["leaves_to_search"], p["candidates"]) == (chosen.leaves_to_search, chosen.candidates)) >= 0.98
+    assert (
+        max(
+            p["recall"]
+            for p in points
+            if (p["leaves_to_search"], p["candidates"]) == (chosen.leaves_to_search, chosen.candidates)
+        )
+        >= 0.98
+    )
     assert chosen.leaves_to_search < 140  # it did not have to search everything
     index.settings = chosen
     distances, found = index.search(held_out)

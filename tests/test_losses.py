@@ -85,7 +85,9 @@ def test_row_slices_sum_to_the_full_loss():
     labels = torch.randint(0, 30, (12,), generator=generator)
     full = losses.revised_contrastive_loss(embeddings, labels, 3)
     pieces = [
-        losses.revised_contrastive_pair_sum(embeddings[s : s + 4], labels[s : s + 4], embeddings, labels, 3, row_offset=s)[0]
+        losses.revised_contrastive_pair_sum(
+            embeddings[s : s + 4], labels[s : s + 4], embeddings, labels, 3, row_offset=s
+        )[0]
         for s in (0, 4, 8)
     ]
     assert (sum(pieces) / losses.ordered_pair_count(12)).item() == pytest.approx(full.item(), rel=1e-12)
@@ -102,7 +104,9 @@ def test_dex_expectation_and_baseline_losses():
     logits = torch.full((1, 5), -1e9)
     logits[0, 2] = logits[0, 4] = 0.0  # half the mass on age 2, half on age 4
     assert losses.dex_expectation(logits).item() == pytest.approx(3.0)
-    assert losses.l1_regression_loss(torch.tensor([[10.0], [20.0]]), torch.tensor([12, 20])).item() == pytest.approx(1.0)
+    assert losses.l1_regression_loss(torch.tensor([[10.0], [20.0]]), torch.tensor([12, 20])).item() == pytest.approx(
+        1.0
+    )
 
 
 def test_unlabelled_faces_take_no_part_in_pairs():
@@ -112,7 +116,9 @@ def test_unlabelled_faces_take_no_part_in_pairs():
     pair_sum, positives = losses.revised_contrastive_pair_sum(embeddings, genders, embeddings, genders, 0, 100.0)
     labelled = genders >= 0
     sub = embeddings[labelled]
-    expected_sum, expected_positives = losses.revised_contrastive_pair_sum(sub, genders[labelled], sub, genders[labelled], 0, 100.0)
+    expected_sum, expected_positives = losses.revised_contrastive_pair_sum(
+        sub, genders[labelled], sub, genders[labelled], 0, 100.0
+    )
     assert torch.allclose(pair_sum, expected_sum) and positives == expected_positives == 4
     pair_sum.backward()
     assert torch.all(embeddings.grad[~labelled] == 0)  # an unlabelled face gets no gradient

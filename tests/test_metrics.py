@@ -18,7 +18,9 @@ from agejobs import metrics
 from agejobs.datasets.manifest import Rejected, record_rows
 from tests.prometheus_server import MISSING, PrometheusServer, binary
 
-DASHBOARD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "grafana-dashboard.json")
+DASHBOARD = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "grafana-dashboard.json"
+)
 
 
 def free_port() -> int:
@@ -41,7 +43,7 @@ def scrape(port: int) -> dict[str, float]:
 
 def ours(values: dict[str, float], prefix: str = "") -> dict[str, float]:
     """Our samples, with Ray's `ray_` prefix (stripped by cluster/prometheus.yml) removed."""
-    return {key[len(prefix):]: value for key, value in values.items() if key.startswith(prefix + "agejobs_")}
+    return {key[len(prefix) :]: value for key, value in values.items() if key.startswith(prefix + "agejobs_")}
 
 
 def test_names_follow_prometheus_conventions():
@@ -63,8 +65,14 @@ def test_single_process_run_serves_our_metrics_through_prometheus_client():
     metrics.serve(port, address="127.0.0.1")
     record_rows("import", 1, [])  # the families exist from here on (other tests may have counted too)
     before = ours(scrape(port))
-    record_rows("import", 10, [Rejected("a.jpg", "import", "age 130 out of range", "label"),
-                               Rejected("b.jpg", "decode", "b.jpg: truncated image", "decode")])
+    record_rows(
+        "import",
+        10,
+        [
+            Rejected("a.jpg", "import", "age 130 out of range", "label"),
+            Rejected("b.jpg", "decode", "b.jpg: truncated image", "decode"),
+        ],
+    )
     middle = ours(scrape(port))
     record_rows("import", 5, [Rejected("c.jpg", "import", "image file not found: c.jpg", "missing")])
     after = ours(scrape(port))
@@ -83,8 +91,12 @@ def dashboard_targets() -> list[tuple[str, str, set[str]]]:
     """(panel title, PromQL, labels its legend names) of every query of the dashboard."""
     with open(DASHBOARD) as handle:
         panels = json.load(handle)["panels"]
-    return [(panel["title"], target["expr"], set(re.findall(r"{{\s*(\w+)\s*}}", target.get("legendFormat", ""))))
-            for panel in panels if panel["type"] != "row" for target in panel["targets"]]
+    return [
+        (panel["title"], target["expr"], set(re.findall(r"{{\s*(\w+)\s*}}", target.get("legendFormat", ""))))
+        for panel in panels
+        if panel["type"] != "row"
+        for target in panel["targets"]
+    ]
 
 
 def check_dashboard_and_alerts(prometheus: PrometheusServer, start: float, end: float) -> None:
@@ -106,7 +118,9 @@ def check_dashboard_and_alerts(prometheus: PrometheusServer, start: float, end: 
         assert rates and max(float(v) for _, v in rates[0]["values"]) > 0, counter
     groups = prometheus.api("rules")["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 9 and all(rule["health"] == "ok" for rule in rules), [(r["name"], r.get("lastError")) for r in rules]
+    assert len(rules) == 9 and all(rule["health"] == "ok" for rule in rules), [
+        (r["name"], r.get("lastError")) for r in rules
+    ]
 
 
 @pytest.mark.slow
@@ -126,11 +140,24 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
     # Enough faces that scoring runs for a few report intervals after its actors start.
     write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=200, images_per_subject=4, image_size=40, seed=3))
     manifest = str(tmp_path / "faces" / "manifest.parquet")
-    cfg = load_config(None, [
-        "model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=32", "train.batch_size=8",
-        "train.epochs=40", "train.max_steps=24", "train.max_time_s=0", "train.log_every_steps=0", "eval.knn_m=5",
-        "resources.embed.batch_size=32", "resources.decode.batch_size=4", "resources.search.batch_size=4", "score.shard_images=40",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "model.backbone=mobilenet_v3_small",
+            "model.weights=",
+            "data.image_size=32",
+            "train.batch_size=8",
+            "train.epochs=40",
+            "train.max_steps=24",
+            "train.max_time_s=0",
+            "train.log_every_steps=0",
+            "eval.knn_m=5",
+            "resources.embed.batch_size=32",
+            "resources.decode.batch_size=4",
+            "resources.search.batch_size=4",
+            "score.shard_images=40",
+        ],
+    )
     seen: dict[str, list[dict]] = {"train": [], "score": []}
     phase = {"name": "train", "done": False}
 
@@ -155,7 +182,10 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
     rows[0]["path"] = str(tmp_path / "faces" / "no_such_face.jpg")
     pq.write_table(table.from_pylist(rows, schema=table.schema), with_missing)
     (tmp_path / "prometheus").mkdir()
-    with ray_session(num_cpus=4, metrics_export_port=port), PrometheusServer(port, tmp_path / "prometheus") as prometheus:
+    with (
+        ray_session(num_cpus=4, metrics_export_port=port),
+        PrometheusServer(port, tmp_path / "prometheus") as prometheus,
+    ):
         started = time.time()
         quiet_ray_data()
         poller = threading.Thread(target=poll, daemon=True)
@@ -164,14 +194,22 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
         time.sleep(2)
         phase["name"] = "score"
         build_gallery(outcome.checkpoint_path, manifest, str(tmp_path / "gallery"), cfg)
-        score_archive(str(tmp_path / "faces" / "images"), str(tmp_path / "scored"), "night", outcome.checkpoint_path,
-                      str(tmp_path / "gallery"), cfg)
+        score_archive(
+            str(tmp_path / "faces" / "images"),
+            str(tmp_path / "scored"),
+            "night",
+            outcome.checkpoint_path,
+            str(tmp_path / "gallery"),
+            cfg,
+        )
         time.sleep(3)
         phase["done"] = True
         poller.join()
         # After the agent checks: rejections at ingestion (a missing file) and at scoring (two bad files).
         pack.pack(str(with_missing), str(tmp_path / "packed"), runner="ray")
-        score_archive(str(bad), str(tmp_path / "scored"), "bad", outcome.checkpoint_path, str(tmp_path / "gallery"), cfg)
+        score_archive(
+            str(bad), str(tmp_path / "scored"), "bad", outcome.checkpoint_path, str(tmp_path / "gallery"), cfg
+        )
         time.sleep(4)  # a few scrapes after the last run
         check_dashboard_and_alerts(prometheus, started, time.time())
 
@@ -180,14 +218,24 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
     # Ray exports a gauge's latest value once per report interval, counters for the process's life:
     # look for each name in any scrape taken while training ran.
     during = {name: value for sample in seen["train"] for name, value in sample.items()}
-    for name in ("agejobs_train_images_total", "agejobs_train_age_loss", "agejobs_train_gender_loss",
-                 "agejobs_train_positive_pair_ratio", "agejobs_train_images_per_second", "agejobs_train_epoch",
-                 "agejobs_train_seconds_since_checkpoint", "agejobs_train_gather_seconds_total"):
+    for name in (
+        "agejobs_train_images_total",
+        "agejobs_train_age_loss",
+        "agejobs_train_gender_loss",
+        "agejobs_train_positive_pair_ratio",
+        "agejobs_train_images_per_second",
+        "agejobs_train_epoch",
+        "agejobs_train_seconds_since_checkpoint",
+        "agejobs_train_gather_seconds_total",
+    ):
         assert name in during, sorted(during)
     # A global batch of 8 faces aged 1-80 has no pair within 3 years about one time in 25, so a
     # single value may be 0: every scraped value lies in [0, 1] and some step saw positives.
-    ratios = [sample["agejobs_train_positive_pair_ratio"] for sample in seen["train"]
-              if "agejobs_train_positive_pair_ratio" in sample]
+    ratios = [
+        sample["agejobs_train_positive_pair_ratio"]
+        for sample in seen["train"]
+        if "agejobs_train_positive_pair_ratio" in sample
+    ]
     assert all(0 <= ratio <= 1 for ratio in ratios) and max(ratios) > 0, ratios
     assert during["agejobs_train_images_per_second"] > 0
 
@@ -197,4 +245,7 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
     assert last["agejobs_score_shards_done_total"] == 20
     assert last["agejobs_score_batch_latency_seconds_count{stage=embed}"] == 200  # 800 faces / batches of 4
     assert last["agejobs_score_batch_latency_seconds_count{stage=search}"] >= 1
-    assert last["agejobs_score_batch_latency_seconds_bucket{le=+Inf,stage=search}"] == last["agejobs_score_batch_latency_seconds_count{stage=search}"]
+    assert (
+        last["agejobs_score_batch_latency_seconds_bucket{le=+Inf,stage=search}"]
+        == last["agejobs_score_batch_latency_seconds_count{stage=search}"]
+    )

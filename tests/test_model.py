@@ -33,7 +33,9 @@ def test_inception_paper_input_size_runs():
         assert model(torch.randn(1, 3, 227, 227))["age"].shape == (1, 70)
 
 
-@pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="shared ImageNet MobileNetV2 weights not present beside the checkout")
+@pytest.mark.skipif(
+    not SHARED_WEIGHTS.exists(), reason="shared ImageNet MobileNetV2 weights not present beside the checkout"
+)
 def test_shared_mobilenet_weights_load_strictly():
     model = build_model("mobilenet_v2", weights=str(SHARED_WEIGHTS))
     state = torch.load(SHARED_WEIGHTS, weights_only=True)

@@ -19,7 +19,9 @@ from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 from agejobs.ray_reaper import OWNER_FILE, TEMP_PREFIX, reap_orphans, session_pids, start_ticks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-linux_only = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the reaper finds a session's processes through /proc (Linux)")
+linux_only = pytest.mark.skipif(
+    not os.path.isdir("/proc"), reason="the reaper finds a session's processes through /proc (Linux)"
+)
 
 pytestmark = pytest.mark.ray
 
@@ -47,17 +49,42 @@ def wait_until(predicate, timeout_s: float, what: str):
 def test_killed_training_driver_leaves_no_ray_process_or_temp_dir(tmp_path):
     temp_root = Path(tempfile.mkdtemp(prefix="aj-", dir="/tmp"))  # short: Ray's socket paths live under it
     write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=16, images_per_subject=3, image_size=40))
-    command = [sys.executable, "-m", "agejobs", "train", "-c", "configs/demo.yaml", "--manifest",
-               str(tmp_path / "faces" / "manifest.parquet"), "--workdir", str(tmp_path / "run"), "data.image_size=32",
-               "model.weights=", "train.batch_size=16", "train.epochs=1000", "train.max_time_s=0", "ray.num_cpus=4"]
-    driver = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "AGEJOBS_RAY_TMP": str(temp_root)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "agejobs",
+        "train",
+        "-c",
+        "configs/demo.yaml",
+        "--manifest",
+        str(tmp_path / "faces" / "manifest.parquet"),
+        "--workdir",
+        str(tmp_path / "run"),
+        "data.image_size=32",
+        "model.weights=",
+        "train.batch_size=16",
+        "train.epochs=1000",
+        "train.max_time_s=0",
+        "ray.num_cpus=4",
+    ]
+    driver = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "AGEJOBS_RAY_TMP": str(temp_root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         temp_dir = wait_until(lambda: next((str(p) for p in temp_root.glob(TEMP_PREFIX + "*")), None), 60, "a temp dir")
 
         def training_workers():
             pids = session_pids(temp_dir)
-            return pids if any(b"RayTrainWorker" in open(f"/proc/{pid}/cmdline", "rb").read() for pid in pids if alive(pid)) else None
+            return (
+                pids
+                if any(b"RayTrainWorker" in open(f"/proc/{pid}/cmdline", "rb").read() for pid in pids if alive(pid))
+                else None
+            )
 
         pids = wait_until(training_workers, 180, "Ray Train workers of the run")
         # The point of the test: some of them are out of reach of the group kill.
@@ -81,13 +108,16 @@ def test_next_session_reaps_an_instance_whose_driver_and_watcher_are_gone(tmp_pa
     gone.wait()
     orphaned, owned = tmp_path / (TEMP_PREFIX + "orphan"), tmp_path / (TEMP_PREFIX + "owned")
     stray = {}
-    for directory, owner in ((orphaned, {"pid": gone.pid, "start_ticks": 1}),
-                             (owned, {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())})):
+    for directory, owner in (
+        (orphaned, {"pid": gone.pid, "start_ticks": 1}),
+        (owned, {"pid": os.getpid(), "start_ticks": start_ticks(os.getpid())}),
+    ):
         directory.mkdir()
         (directory / OWNER_FILE).write_text(json.dumps(owner))
         with open(directory / "worker.out", "w") as log:  # a Ray worker's stdout lies in its session dir
-            stray[directory] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdout=log,
-                                                start_new_session=True)
+            stray[directory] = subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(120)"], stdout=log, start_new_session=True
+            )
     try:
         assert reap_orphans(str(tmp_path)) == [str(orphaned)]
         assert stray[orphaned].wait(timeout=10) is not None and not orphaned.exists()

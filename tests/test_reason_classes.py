@@ -13,8 +13,8 @@ from prometheus_client import REGISTRY
 
 from agejobs import metrics, pack
 from agejobs.data import DecodeFaces
-from agejobs.datasets.importing import ManifestBuilder
 from agejobs.datasets.imdb_wiki import row_problem
+from agejobs.datasets.importing import ManifestBuilder
 from agejobs.datasets.manifest import MANIFEST_SCHEMA, SplitSpec
 from agejobs.datasets.utkface import import_utkface
 from agejobs.images import Preprocessing
@@ -23,16 +23,25 @@ from tests.bad_inputs import write_bad_input_corpus
 
 # The class of each error case of the bad-input corpus.
 CORPUS_CLASSES = {
-    "corrupt.jpg": "decode", "truncated.jpg": "decode", "truncated_png.png": "decode", "empty.jpg": "decode",
-    "notes.jpg": "decode", "error_page.jpg": "decode", "ppm_lookalike.jpg": "decode", "bomb.png": "too_large",
-    "float.tiff": "decode", "missing.jpg": "missing",
+    "corrupt.jpg": "decode",
+    "truncated.jpg": "decode",
+    "truncated_png.png": "decode",
+    "empty.jpg": "decode",
+    "notes.jpg": "decode",
+    "error_page.jpg": "decode",
+    "ppm_lookalike.jpg": "decode",
+    "bomb.png": "too_large",
+    "float.tiff": "decode",
+    "missing.jpg": "missing",
 }
 
 
 @pytest.fixture
 def corpus(tmp_path):
     cases = write_bad_input_corpus(tmp_path / "corpus")
-    assert {name for name, (expected, _) in cases.items() if expected == "error"} == set(CORPUS_CLASSES) - {"missing.jpg"}
+    assert {name for name, (expected, _) in cases.items() if expected == "error"} == set(CORPUS_CLASSES) - {
+        "missing.jpg"
+    }
     paths = {name: str(tmp_path / "corpus" / name) for name in [*cases, "missing.jpg"]}
     return paths
 
@@ -58,20 +67,32 @@ def test_no_face_is_its_own_class(tmp_path):
 
     path = tmp_path / "wall.jpg"
     Image.fromarray(np.full((96, 96, 3), 128, dtype=np.uint8)).save(path)
-    out = DecodeFaces(Preprocessing(32, align="landmarks", no_face="error"))({"image_id": np.asarray(["wall"]), "path": np.asarray([str(path)])})
+    out = DecodeFaces(Preprocessing(32, align="landmarks", no_face="error"))(
+        {"image_id": np.asarray(["wall"]), "path": np.asarray([str(path)])}
+    )
     assert list(out["error_class"]) == ["no_face"] and "no face found" in out["error"][0]
 
 
 def test_pack_writes_classes_to_its_errors_and_metrics(corpus, tmp_path):
-    rows = [{"image_id": name, "path": path, "age": 30, "gender": 0, "subject_id": name, "split": "train", "dataset": "t"}
-            for name, path in corpus.items()]
+    rows = [
+        {"image_id": name, "path": path, "age": 30, "gender": 0, "subject_id": name, "split": "train", "dataset": "t"}
+        for name, path in corpus.items()
+    ]
     manifest = str(tmp_path / "manifest.parquet")
     pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), manifest)
-    before = {(stage, cls): rejected_count(stage, cls) for stage in (pack.STAGE_READ, pack.STAGE_DECODE) for cls in metrics.REJECT_REASONS}
+    before = {
+        (stage, cls): rejected_count(stage, cls)
+        for stage in (pack.STAGE_READ, pack.STAGE_DECODE)
+        for cls in metrics.REJECT_REASONS
+    }
     pack.pack(manifest, str(tmp_path / "packed"), runner="inline")
     errors = pack.read_errors(str(tmp_path / "packed"))
-    by_input = {path.rsplit("/", 1)[1]: (stage, cls) for path, stage, cls in
-                zip(errors["input"].to_pylist(), errors["stage"].to_pylist(), errors["reason_class"].to_pylist())}
+    by_input = {
+        path.rsplit("/", 1)[1]: (stage, cls)
+        for path, stage, cls in zip(
+            errors["input"].to_pylist(), errors["stage"].to_pylist(), errors["reason_class"].to_pylist()
+        )
+    }
     assert {name: cls for name, (_, cls) in by_input.items()} == CORPUS_CLASSES
     grown = {key: rejected_count(*key) - before[key] for key in before}
     expected = {}
@@ -106,12 +127,22 @@ def test_importers_class_label_missing_empty_and_duplicate(tmp_path):
     (utk / "200_0_0_20170103150557335.jpg.chip.jpg").write_bytes(b"x")
     result = import_utkface(str(utk))
     got = sorted((row.input.rsplit("/", 1)[1], row.reason_class) for row in result.rejected)
-    assert got == [("200_0_0_20170103150557335.jpg.chip.jpg", "label"), ("30_0_0_20170101150557335.jpg.chip.jpg", "duplicate"),
-                   ("31_1_0_20170102150557335.jpg.chip.jpg", "decode"), ("not_a_face_name.jpg", "label")]
+    assert got == [
+        ("200_0_0_20170103150557335.jpg.chip.jpg", "label"),
+        ("30_0_0_20170101150557335.jpg.chip.jpg", "duplicate"),
+        ("31_1_0_20170102150557335.jpg.chip.jpg", "decode"),
+        ("not_a_face_name.jpg", "label"),
+    ]
 
 
 def test_metadata_no_face_and_second_face():
-    column = {"face_score": float("-inf"), "second_face_score": float("nan"), "gender": 1.0, "dob": 723671.0, "photo_taken": 2009.0}
+    column = {
+        "face_score": float("-inf"),
+        "second_face_score": float("nan"),
+        "gender": 1.0,
+        "dob": 723671.0,
+        "photo_taken": 2009.0,
+    }
     assert row_problem(column, True)[1] == "no_face"
     assert row_problem({**column, "face_score": 3.2, "second_face_score": 1.5}, True)[1] == "other"
     assert row_problem({**column, "face_score": 3.2, "gender": float("nan")}, True)[1] == "label"

@@ -15,8 +15,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 def train_with_seeds(manifest: str, tmp_path, seeds: list[int], overrides: list[str]) -> list[dict]:
     """Checkpoint payloads of one short training run per seed (MobileNetV3-small, 32 px, dropout on)."""
-    base = ["data.image_size=32", "model.weights=", "model.backbone=mobilenet_v3_small", "model.dropout=0.5",
-            "train.batch_size=16", "train.epochs=2", "train.max_time_s=0", "train.log_every_steps=0", *overrides]
+    base = [
+        "data.image_size=32",
+        "model.weights=",
+        "model.backbone=mobilenet_v3_small",
+        "model.dropout=0.5",
+        "train.batch_size=16",
+        "train.epochs=2",
+        "train.max_time_s=0",
+        "train.log_every_steps=0",
+        *overrides,
+    ]
     payloads = []
     with ray_session(num_cpus=4):
         quiet_ray_data()
@@ -45,9 +54,17 @@ def test_rerun_of_a_finished_step_budget_takes_no_step(tmp_path):
     returns that checkpoint; before the budget was checked on restore it took one more step."""
     write_synthetic(str(tmp_path / "faces"), SynthSpec(num_subjects=12, images_per_subject=4, image_size=40))
     manifest = str(tmp_path / "faces" / "manifest.parquet")
-    overrides = ["data.image_size=32", "model.weights=", "model.backbone=mobilenet_v3_small", "train.batch_size=8",
-                 "train.epochs=1000", "train.max_steps=3", "train.max_time_s=0", "train.num_workers=1",
-                 "train.log_every_steps=0"]
+    overrides = [
+        "data.image_size=32",
+        "model.weights=",
+        "model.backbone=mobilenet_v3_small",
+        "train.batch_size=8",
+        "train.epochs=1000",
+        "train.max_steps=3",
+        "train.max_time_s=0",
+        "train.num_workers=1",
+        "train.log_every_steps=0",
+    ]
     with ray_session(num_cpus=4):
         quiet_ray_data()
         cfg = load_config("configs/demo.yaml", overrides)

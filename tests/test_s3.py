@@ -8,6 +8,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 import torch
+from s3_proxy import FlakyProxy
 
 from agejobs import pack, storage
 from agejobs.checkpoint import CHECKPOINT_FILE, read_checkpoint
@@ -15,8 +16,6 @@ from agejobs.config import StorageConfig, config_to_dict, config_to_yaml, load_c
 from agejobs.datasets.manifest import SplitSpec, read_manifest, split_protocol_of
 from agejobs.datasets.synthetic import SynthSpec, write_synthetic
 from agejobs.datasets.utkface import import_utkface, write_import
-
-from s3_proxy import FlakyProxy
 
 UTKFACE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "utkface-part1")
 

@@ -22,8 +22,14 @@ from agejobs.train import write_initial_checkpoint
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 OVERRIDES = [
-    "model.backbone=mobilenet_v3_small", "model.weights=", "data.image_size=32", "eval.knn_m=5",
-    "resources.embed.batch_size=16", "resources.decode.batch_size=16", "resources.search.batch_size=16", "ray.num_cpus=4",
+    "model.backbone=mobilenet_v3_small",
+    "model.weights=",
+    "data.image_size=32",
+    "eval.knn_m=5",
+    "resources.embed.batch_size=16",
+    "resources.decode.batch_size=16",
+    "resources.search.batch_size=16",
+    "ray.num_cpus=4",
 ]
 
 
@@ -49,8 +55,21 @@ def run_cli(*args):
 
 
 def score_args(world, archive, out, *extra):
-    return ["score", "--checkpoint", world["checkpoint"], "--gallery", world["gallery"], "--archive", str(archive),
-            "--out", str(out), "--run-id", "2026-11-22", *OVERRIDES, *extra]
+    return [
+        "score",
+        "--checkpoint",
+        world["checkpoint"],
+        "--gallery",
+        world["gallery"],
+        "--archive",
+        str(archive),
+        "--out",
+        str(out),
+        "--run-id",
+        "2026-11-22",
+        *OVERRIDES,
+        *extra,
+    ]
 
 
 def test_gallery_manifest_describes_what_was_built(world):
@@ -66,7 +85,14 @@ def test_gallery_built_by_one_checkpoint_is_refused_by_another(world, tmp_path):
     other = make_checkpoint(tmp_path / "ck-b", seed=2)
     with pytest.raises(GalleryMismatchError, match="ck-a.*ck-b"):
         with ray_session(num_cpus=4):
-            score_archive(str(world["root"] / "faces" / "images"), str(tmp_path / "out"), "r", other, world["gallery"], world["cfg"])
+            score_archive(
+                str(world["root"] / "faces" / "images"),
+                str(tmp_path / "out"),
+                "r",
+                other,
+                world["gallery"],
+                world["cfg"],
+            )
     assert not (tmp_path / "out").exists()  # refused before any work
     done = run_cli(*score_args({**world, "checkpoint": other}, world["root"] / "faces" / "images", tmp_path / "out"))
     assert done.returncode == 2
@@ -106,20 +132,29 @@ def test_killed_scoring_run_rerun_holds_each_input_exactly_once(world, tmp_path)
 
 def written_files(root: Path) -> dict:
     """Every file under root: (mtime_ns, size, bytes) by relative path."""
-    return {str(path.relative_to(root)): (path.stat().st_mtime_ns, path.stat().st_size, path.read_bytes())
-            for path in sorted(root.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(root)): (path.stat().st_mtime_ns, path.stat().st_size, path.read_bytes())
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
 
 
 def test_corrupt_images_become_error_rows_and_every_other_input_is_scored(world, tmp_path):
     archive = tmp_path / "archive"
     shutil.copytree(world["root"] / "faces" / "images", archive / "good")
-    bad = {"bad/truncated.jpg": (world["root"] / "faces" / "images").glob("*.jpg").__next__().read_bytes()[:300],
-           "bad/empty.jpg": b"", "bad/notes.txt": b"not an image", "bad/page.jpg": b"<html>503 Slow Down</html>"}
+    bad = {
+        "bad/truncated.jpg": (world["root"] / "faces" / "images").glob("*.jpg").__next__().read_bytes()[:300],
+        "bad/empty.jpg": b"",
+        "bad/notes.txt": b"not an image",
+        "bad/page.jpg": b"<html>503 Slow Down</html>",
+    }
     for name, data in bad.items():
         (archive / name).parent.mkdir(exist_ok=True)
         (archive / name).write_bytes(data)
     with ray_session(num_cpus=4):
-        summary = score_archive(str(archive), str(tmp_path / "out"), "night", world["checkpoint"], world["gallery"], world["cfg"])
+        summary = score_archive(
+            str(archive), str(tmp_path / "out"), "night", world["checkpoint"], world["gallery"], world["cfg"]
+        )
     predictions, errors = read_scored(str(tmp_path / "out" / "night"))
     good = sorted(str(path) for path in (archive / "good").iterdir())
     assert sorted(predictions["path"].to_pylist()) == good
@@ -135,8 +170,15 @@ def test_corrupt_images_become_error_rows_and_every_other_input_is_scored(world,
 def test_evaluate_on_scored_output_joined_with_labels(world, tmp_path):
     archive = world["root"] / "faces" / "images"
     assert run_cli(*score_args(world, archive, tmp_path / "out")).returncode == 0
-    done = run_cli("evaluate", "--scored", str(tmp_path / "out" / "2026-11-22"),
-                   "--labels", str(world["root"] / "faces" / "manifest.parquet"), "--workdir", str(tmp_path / "eval"))
+    done = run_cli(
+        "evaluate",
+        "--scored",
+        str(tmp_path / "out" / "2026-11-22"),
+        "--labels",
+        str(world["root"] / "faces" / "manifest.parquet"),
+        "--workdir",
+        str(tmp_path / "eval"),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["methods"][0]["n"] == len(os.listdir(archive)) == report["labelled_rows"]
@@ -157,8 +199,14 @@ def test_evaluation_and_scoring_give_each_face_the_same_estimate(world, tmp_path
     model_cfg, _ = checkpoint_identity(world["checkpoint"])
     with ray_session(num_cpus=4):
         build_gallery(world["checkpoint"], faces, str(tmp_path / "gallery"), cfg)
-        score_archive(str(world["root"] / "faces" / "images"), str(tmp_path / "out"), "r", world["checkpoint"],
-                      str(tmp_path / "gallery"), cfg)
+        score_archive(
+            str(world["root"] / "faces" / "images"),
+            str(tmp_path / "out"),
+            "r",
+            world["checkpoint"],
+            str(tmp_path / "gallery"),
+            cfg,
+        )
         reference = experiment.embed(world["checkpoint"], faces, "train", model_cfg)
         queries = experiment.embed(world["checkpoint"], faces, "test", model_cfg)
     evaluated = experiment.knn_estimates(reference, queries, model_cfg)
@@ -183,13 +231,15 @@ def test_scoring_a_packed_archive_on_s3_writes_its_output_there(world, s3_bucket
     write_synthetic(f"{s3_bucket}/faces", SynthSpec(num_subjects=6, images_per_subject=3, image_size=40, seed=7))
     pack.pack(f"{s3_bucket}/faces/manifest.parquet", f"{s3_bucket}/packed", target_shard_bytes=12_000, runner="inline")
     with ray_session(num_cpus=4):
-        summary = score_archive(f"{s3_bucket}/packed", f"{s3_bucket}/scores", "night", world["checkpoint"],
-                                world["gallery"], world["cfg"])
+        summary = score_archive(
+            f"{s3_bucket}/packed", f"{s3_bucket}/scores", "night", world["checkpoint"], world["gallery"], world["cfg"]
+        )
     plan_shards = pack.read_plan(f"{s3_bucket}/packed").num_shards
     assert summary["shards"] == plan_shards >= 2 and summary["scored"] == 18 and summary["errors"] == 0
     predictions, _ = read_scored(f"{s3_bucket}/scores/night")
     assert sorted(predictions["path"].to_pylist()) == sorted(
-        uri for uri, _ in storage.find_files(f"{s3_bucket}/faces/images"))  # the faces' own s3:// URIs
+        uri for uri, _ in storage.find_files(f"{s3_bucket}/faces/images")
+    )  # the faces' own s3:// URIs
     assert storage.is_done(f"{s3_bucket}/scores/night/shard-00000.parquet")
 
 
@@ -206,12 +256,16 @@ def test_scoring_frames_faces_as_the_checkpoint_was_trained_and_writes_the_outco
     shutil.copy(face, archive / "face.jpg")
     Image.new("RGB", (120, 90), (90, 90, 90)).save(archive / "blank.jpg")
     with ray_session(num_cpus=4):
-        gallery = build_gallery(checkpoint, str(world["root"] / "faces" / "manifest.parquet"), str(tmp_path / "gallery"), world["cfg"])
+        gallery = build_gallery(
+            checkpoint, str(world["root"] / "faces" / "manifest.parquet"), str(tmp_path / "gallery"), world["cfg"]
+        )
         score_archive(str(archive), str(tmp_path / "out"), "night", checkpoint, str(tmp_path / "gallery"), world["cfg"])
     assert gallery["preprocessing"] == {"size": 32, "align": "landmarks", "no_face": "whole", "test_flip": False}
     assert gallery["face_outcomes"] == {"no_face": gallery["faces_embedded"]}  # drawn faces: none found, kept whole
     predictions, errors = read_scored(str(tmp_path / "out" / "night"))
-    outcomes = dict(zip([Path(p).name for p in predictions["path"].to_pylist()], predictions["face_outcome"].to_pylist()))
+    outcomes = dict(
+        zip([Path(p).name for p in predictions["path"].to_pylist()], predictions["face_outcome"].to_pylist())
+    )
     assert outcomes == {"face.jpg": "one_face", "blank.jpg": "no_face"} and errors.num_rows == 0
     assert sorted(predictions["faces_found"].to_pylist()) == [0, 1]
 

@@ -35,8 +35,9 @@ def writes(monkeypatch):
 def test_errors_table_then_data_table_then_marker_with_counts(tmp_path, writes):
     out = str(tmp_path)
     shards.write_shard(out, 7, DATA, ERRORS, COUNTS)
-    assert writes == [f"{out}/{name}" for name in
-                      ("shard-00007.errors.parquet", "shard-00007.parquet", "shard-00007.parquet.done")]
+    assert writes == [
+        f"{out}/{name}" for name in ("shard-00007.errors.parquet", "shard-00007.parquet", "shard-00007.parquet.done")
+    ]
     assert pq.read_table(writes[0]).equals(ERRORS) and pq.read_table(writes[1]).equals(DATA)
     assert json.loads(storage.read_bytes(writes[2])) == COUNTS
     assert shards.done_counts(out, 8) == [None] * 7 + [COUNTS] and shards.not_done(out, 8) == list(range(7))
@@ -80,8 +81,12 @@ def test_a_recorded_plan_is_kept_and_one_for_other_inputs_refused_naming_both(tm
 
     def load(source, shards_wanted):
         return shards.load_or_record_plan(
-            plan_uri, Plan, {"source": source}, lambda: made.append(source) or Plan(source, shards_wanted),
-            lambda recorded: f"recorded {recorded.source}, asked {source}")
+            plan_uri,
+            Plan,
+            {"source": source},
+            lambda: made.append(source) or Plan(source, shards_wanted),
+            lambda recorded: f"recorded {recorded.source}, asked {source}",
+        )
 
     assert load("archive-a", 3) == Plan("archive-a", 3)
     assert load("archive-a", 5) == Plan("archive-a", 3)  # the recorded sharding, not a new one
@@ -97,8 +102,17 @@ def _manifest(directory, names) -> str:
         buffer = io.BytesIO()
         Image.fromarray(np.full((8, 8, 3), 100, dtype=np.uint8)).save(buffer, format="JPEG")
         storage.write_bytes_atomic(str(directory / name), buffer.getvalue())
-        rows.append({"image_id": name, "path": str(directory / name), "age": 30, "gender": 0,
-                     "subject_id": name, "split": "train", "dataset": "test"})
+        rows.append(
+            {
+                "image_id": name,
+                "path": str(directory / name),
+                "age": 30,
+                "gender": 0,
+                "subject_id": name,
+                "split": "train",
+                "dataset": "test",
+            }
+        )
     write_table_atomic(rows_to_table(rows), str(directory / "manifest.parquet"))
     return str(directory / "manifest.parquet")
 

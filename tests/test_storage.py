@@ -28,14 +28,27 @@ def test_local_find_files_lists_what_fsspec_lists(tmp_path):
     names left out at any depth; a file is its own listing; a missing prefix names itself."""
     import fsspec
 
-    for name, size in (("a/b/c.jpg", 3), ("a/d.jpg", 1), ("z.jpg", 0), ("a/.tmp.jpg", 5), (".git/x", 2), ("a/.hidden/e.jpg", 4)):
+    for name, size in (
+        ("a/b/c.jpg", 3),
+        ("a/d.jpg", 1),
+        ("z.jpg", 0),
+        ("a/.tmp.jpg", 5),
+        (".git/x", 2),
+        ("a/.hidden/e.jpg", 4),
+    ):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x" * size)
     fs = fsspec.filesystem("file")
-    expected = sorted((path, info["size"]) for path, info in fs.find(str(tmp_path), detail=True).items()
-                      if not any(part.startswith(".") for part in path[len(str(tmp_path)):].split("/")))
-    assert storage.find_files(str(tmp_path)) == expected == [
-        (str(tmp_path / "a/b/c.jpg"), 3), (str(tmp_path / "a/d.jpg"), 1), (str(tmp_path / "z.jpg"), 0)]
+    expected = sorted(
+        (path, info["size"])
+        for path, info in fs.find(str(tmp_path), detail=True).items()
+        if not any(part.startswith(".") for part in path[len(str(tmp_path)) :].split("/"))
+    )
+    assert (
+        storage.find_files(str(tmp_path))
+        == expected
+        == [(str(tmp_path / "a/b/c.jpg"), 3), (str(tmp_path / "a/d.jpg"), 1), (str(tmp_path / "z.jpg"), 0)]
+    )
     assert storage.find_files(str(tmp_path / "a/d.jpg")) == [(str(tmp_path / "a/d.jpg"), 1)]
     with pytest.raises(storage.StorageError, match="no_such_dir"):
         storage.find_files(str(tmp_path / "no_such_dir"))

@@ -130,7 +130,7 @@ def test_age_changes_the_picture_more_than_a_few_months():
         identity = sample_identity(rng, gender)
         nuisance = sample_nuisance(rng)
 
-        def face(age):
+        def face(age, gender=gender, identity=identity, nuisance=nuisance):
             return render_face(age, gender, identity, nuisance, 64).astype(float)
 
         distances["months"].append(np.abs(face(40.0) - face(40.4)).mean())

@@ -36,11 +36,16 @@ def test_budget_in_steps_follows_the_equal_split_and_drop_last():
     # 7,854 faces over 2 workers: 3,927 each, 122 full batches of 32 (the last 23 faces dropped)
     assert steps_per_epoch(7854, cfg) == 122
     assert budget_steps(7854, cfg) == 488
-    assert budget_steps(7854, load_config(None, ["train.batch_size=64", "train.epochs=4", "train.max_steps=300"])) == 300
+    assert (
+        budget_steps(7854, load_config(None, ["train.batch_size=64", "train.epochs=4", "train.max_steps=300"])) == 300
+    )
     assert steps_per_epoch(10, cfg) == 1  # never 0: a tiny split still trains
 
 
 def test_epoch_line_is_one_readable_line():
-    line = format_epoch("dex", {"epoch": 2, "epoch_steps": 122, "age_loss": 3.14159, "gender_loss": 0.5,
-                                "images_per_s": 141.7, "step": 244}, epochs=5)
+    line = format_epoch(
+        "dex",
+        {"epoch": 2, "epoch_steps": 122, "age_loss": 3.14159, "gender_loss": 0.5, "images_per_s": 141.7, "step": 244},
+        epochs=5,
+    )
     assert line == "[dex] epoch 2/5: 122 steps, age_loss 3.142, gender_loss 0.5, 142 images/s"

@@ -44,7 +44,10 @@ def utkface_dir(tmp_path: Path) -> Path:
 
 def test_parse_valid_name():
     assert parse_utkface_name("25_0_2_20170116174525125.jpg.chip.jpg") == {
-        "age": 25, "gender": 0, "race": 2, "datetime": "20170116174525125"
+        "age": 25,
+        "gender": 0,
+        "race": 2,
+        "datetime": "20170116174525125",
     }
     assert parse_utkface_name("116_1_0_20170120134921760.jpg")["age"] == 116
     # The real archive has a datetime one millisecond digit short; it carries no label.
@@ -102,7 +105,10 @@ def test_duplicate_image_id_rejected(tmp_path: Path):
 
 
 def test_import_is_deterministic(utkface_dir: Path):
-    first, second = import_utkface(str(utkface_dir), SplitSpec(seed=3)), import_utkface(str(utkface_dir), SplitSpec(seed=3))
+    first, second = (
+        import_utkface(str(utkface_dir), SplitSpec(seed=3)),
+        import_utkface(str(utkface_dir), SplitSpec(seed=3)),
+    )
     assert first.table.equals(second.table)
     assert first.rejected == second.rejected
 

@@ -71,11 +71,15 @@ def import_appa_real(source: str, split: SplitSpec = SplitSpec(), image: str | N
                 builder.reject(input_name, f"file_name {file_name!r} is empty or has a directory part", "label")
                 continue
             if file_name not in genders:
-                builder.reject(input_name, f"no gender: {file_name} has no well-formed row in {categories_name}", "label")
+                builder.reject(
+                    input_name, f"no gender: {file_name} has no well-formed row in {categories_name}", "label"
+                )
                 continue
             gender = GENDER_OF_NAME.get(genders[file_name].lower())
             if gender is None:
-                builder.reject(input_name, f"gender {genders[file_name]!r} in {categories_name} is not male or female", "label")
+                builder.reject(
+                    input_name, f"gender {genders[file_name]!r} in {categories_name} is not male or female", "label"
+                )
                 continue
             image_id = f"{part}/{file_name.removesuffix('.jpg')}"
             image_name = file_name + FACE_SUFFIX if image == "face" else file_name

@@ -21,19 +21,28 @@ SUPERSAMPLE = 2
 AGE_SPREAD = 4
 
 SKIN_TONES = [
-    (255, 224, 196), (241, 194, 167), (224, 172, 138), (198, 134, 96),
-    (161, 102, 68), (120, 75, 50), (90, 56, 38),
+    (255, 224, 196),
+    (241, 194, 167),
+    (224, 172, 138),
+    (198, 134, 96),
+    (161, 102, 68),
+    (120, 75, 50),
+    (90, 56, 38),
 ]
 HAIR_COLORS = [  # (colour, relative frequency)
-    ((28, 24, 22), 4), ((58, 40, 30), 4), ((96, 66, 44), 3), ((140, 102, 66), 2),
-    ((176, 140, 90), 1), ((214, 180, 120), 1), ((128, 60, 36), 1),
+    ((28, 24, 22), 4),
+    ((58, 40, 30), 4),
+    ((96, 66, 44), 3),
+    ((140, 102, 66), 2),
+    ((176, 140, 90), 1),
+    ((214, 180, 120), 1),
+    ((128, 60, 36), 1),
 ]
 EYE_COLORS = [(90, 60, 40), (60, 40, 28), (80, 120, 170), (90, 120, 80), (120, 95, 55), (110, 120, 130)]
 LIPSTICKS = [(170, 30, 50), (200, 70, 90), (140, 40, 60), (210, 90, 100)]
 HAIR_STYLES = ("buzz", "short", "bob", "long")
 BEARDS = ("none", "stubble", "full", "mustache")
 BACKGROUNDS = ("solid", "gradient", "noise", "clutter")
-
 
 
 def _ramp(x: float, start: float, span: float) -> float:
@@ -353,10 +362,16 @@ def _draw_wrinkles(canvas: _Canvas, geo: _Geometry, look: dict, rng: np.random.G
         for side in (-1, 1):
             ex = cx + side * geo.eye_dx
             bag_y = geo.eye_y + geo.eye_ry * 1.5
-            draw.arc([ex - geo.eye_rx, bag_y - 0.1 * W, ex + geo.eye_rx, bag_y + 0.05 * W], 20, 160, fill=depth, width=width)
+            draw.arc(
+                [ex - geo.eye_rx, bag_y - 0.1 * W, ex + geo.eye_rx, bag_y + 0.05 * W], 20, 160, fill=depth, width=width
+            )
             if sag > 0.3:  # marionette lines from the mouth corners down
                 mx = cx + side * geo.mouth_w * 0.95
-                draw.line([(mx, geo.mouth_y + 0.03 * W), (mx + side * 0.03 * W, geo.mouth_y + 0.25 * W)], fill=depth, width=width)
+                draw.line(
+                    [(mx, geo.mouth_y + 0.03 * W), (mx + side * 0.03 * W, geo.mouth_y + 0.25 * W)],
+                    fill=depth,
+                    width=width,
+                )
     canvas.darken(mask)
 
 
@@ -376,7 +391,9 @@ def _draw_beard(
     yy, xx = _grid(canvas.size)
     dx = np.abs(xx - geo.cx) / geo.W
     if style == "mustache":
-        region = (dx < geo.mouth_w / geo.W * 1.05) & (yy > geo.nose_y + 0.06 * geo.W) & (yy < geo.mouth_y - 0.02 * geo.W)
+        region = (
+            (dx < geo.mouth_w / geo.W * 1.05) & (yy > geo.nose_y + 0.06 * geo.W) & (yy < geo.mouth_y - 0.02 * geo.W)
+        )
         canvas.paint(region.astype(np.float32), texture, 0.9 * look["beard"])
         return
     # Below a line that runs under the nose and rises along the cheeks into sideburns.
@@ -442,8 +459,18 @@ def _draw_nose(canvas: _Canvas, geo: _Geometry, look: dict) -> None:
     width = max(1, round(W * 0.03))
     # Bridge shadow on one side: barely there in small children.
     bridge_top = geo.eye_y + 0.25 * (geo.nose_y - geo.eye_y)
-    draw.line([(geo.cx - 0.08 * W, bridge_top), (geo.cx - geo.nose_w * 0.5, geo.nose_y - 0.06 * W)], fill=int(90 * g), width=width)
-    draw.arc([geo.cx - geo.nose_w, geo.nose_y - 0.12 * W, geo.cx + geo.nose_w, geo.nose_y + 0.05 * W], 20, 160, fill=110, width=width)
+    draw.line(
+        [(geo.cx - 0.08 * W, bridge_top), (geo.cx - geo.nose_w * 0.5, geo.nose_y - 0.06 * W)],
+        fill=int(90 * g),
+        width=width,
+    )
+    draw.arc(
+        [geo.cx - geo.nose_w, geo.nose_y - 0.12 * W, geo.cx + geo.nose_w, geo.nose_y + 0.05 * W],
+        20,
+        160,
+        fill=110,
+        width=width,
+    )
     for side in (-1, 1):
         _ellipse(draw, geo.cx + side * geo.nose_w * 0.4, geo.nose_y, geo.nose_w * 0.22, geo.nose_w * 0.13, fill=170)
     canvas.darken(shade)
@@ -480,7 +507,9 @@ def _draw_front_hair(canvas: _Canvas, geo: _Geometry, identity: dict, look: dict
     dx = (xx - geo.cx) / geo.W
     volume = geo.W * {"buzz": 0.02, "short": 0.08, "bob": 0.12, "long": 0.12}[style] * identity["hair_volume"]
     volume *= look["hair_cover"]
-    cap = (dx * geo.W / (geo.W * 1.04 + volume)) ** 2 + ((yy - geo.cy - 0.05 * geo.W) / (geo.Hc + 0.05 * geo.W + volume)) ** 2 <= 1
+    cap = (dx * geo.W / (geo.W * 1.04 + volume)) ** 2 + (
+        (yy - geo.cy - 0.05 * geo.W) / (geo.Hc + 0.05 * geo.W + volume)
+    ) ** 2 <= 1
     forehead = geo.brow_y - geo.top
     fringe = identity["fringe"] and style != "buzz"
     hairline_mid = geo.top + (0.62 if fringe else 0.3) * forehead
@@ -493,7 +522,12 @@ def _draw_front_hair(canvas: _Canvas, geo: _Geometry, identity: dict, look: dict
     region = cap & (yy < hairline) & (yy < side_limit)
     if style in ("long", "bob"):  # strands falling past the temples in front of the ears
         length = geo.W * (2.3 if style == "long" else 1.25) * look["hair_length"]
-        region |= (np.abs(dx) > 0.86) & (np.abs(dx) < 1.1 + 0.12 * identity["hair_volume"]) & (yy > geo.cy - 0.5 * geo.W) & (yy < geo.cy + length * 0.9)
+        region |= (
+            (np.abs(dx) > 0.86)
+            & (np.abs(dx) < 1.1 + 0.12 * identity["hair_volume"])
+            & (yy > geo.cy - 0.5 * geo.W)
+            & (yy < geo.cy + length * 0.9)
+        )
     opacity = look["hair_cover"] * (0.8 if style == "buzz" else 1.0)
     canvas.paint(region.astype(np.float32), texture, opacity)
 

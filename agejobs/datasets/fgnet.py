@@ -41,7 +41,9 @@ def import_fgnet(source: str, split: SplitSpec = SplitSpec(), images_dir: str = 
         file_name = uri.rsplit("/", 1)[-1]
         match = NAME_PATTERN.fullmatch(file_name)
         if match is None:
-            builder.reject(uri, "not an FG-NET image name: expected <3-digit subject>A<2-digit age>[letter].JPG", "label")
+            builder.reject(
+                uri, "not an FG-NET image name: expected <3-digit subject>A<2-digit age>[letter].JPG", "label"
+            )
             continue
         builder.add(uri, match["image_id"], uri, int(match["age"]), GENDER_UNLABELLED, match["subject"])
     return builder.result()

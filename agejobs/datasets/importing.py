@@ -143,7 +143,10 @@ class ManifestBuilder:
         label_problem = validate_label(age, gender, self.gender_labelled)
         problem = (label_problem, "label") if label_problem else self.listings.problem(image_uri)
         if problem is None and image_id in self._input_of_id:
-            problem = f"duplicate image_id {image_id!r}, already imported from {self._input_of_id[image_id]}", "duplicate"
+            problem = (
+                f"duplicate image_id {image_id!r}, already imported from {self._input_of_id[image_id]}",
+                "duplicate",
+            )
         if problem is not None:
             self.reject(input_name, *problem)
             return

@@ -139,8 +139,12 @@ def write_import(result: ImportResult, out_dir: str) -> dict:
     split = {"protocol": result.split.protocol, "test_fraction": result.split.test_fraction, "seed": result.split.seed}
     metadata = dict(result.table.schema.metadata or {})
     metadata[SPLIT_METADATA_KEY] = json.dumps(split).encode()
-    write_tables(storage.join(out_dir, "manifest.parquet"), result.table.replace_schema_metadata(metadata),
-                 storage.join(out_dir, "errors.parquet"), errors_to_table(result.rejected))
+    write_tables(
+        storage.join(out_dir, "manifest.parquet"),
+        result.table.replace_schema_metadata(metadata),
+        storage.join(out_dir, "errors.parquet"),
+        errors_to_table(result.rejected),
+    )
     counts = result.counts()
     record_rows("import", counts["rows_in"], result.rejected)
     log.info("import -> %s: %s; rejected by stage %s", out_dir, counts, rejected_by_stage(result.rejected))
@@ -159,7 +163,9 @@ def split_protocol_of(manifest_uri: str) -> dict:
     return json.loads(metadata[SPLIT_METADATA_KEY]) if SPLIT_METADATA_KEY in metadata else {}
 
 
-def manifest_row(image_id: str, path: str, age: int, gender: int, subject_id: str, split: SplitSpec, dataset: str) -> dict:
+def manifest_row(
+    image_id: str, path: str, age: int, gender: int, subject_id: str, split: SplitSpec, dataset: str
+) -> dict:
     return {
         "image_id": image_id,
         "path": path,

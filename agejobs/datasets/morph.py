@@ -49,7 +49,9 @@ def import_morph(source: str, split: SplitSpec = SplitSpec(), csv_name: str = DE
             continue
         photo = relative_image_path(fields["photo"])
         if photo is None:
-            builder.reject(input_name, f"photo path {fields['photo']!r} is empty or leaves the source directory", "label")
+            builder.reject(
+                input_name, f"photo path {fields['photo']!r} is empty or leaves the source directory", "label"
+            )
             continue
         image_id = posixpath.splitext(posixpath.basename(photo))[0]
         image_uri = storage.join(root, *photo.split("/"))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from agejobs import storage
 from agejobs.datasets.face_drawing import (
     AGE_SPREAD,
     BACKGROUNDS,
@@ -40,10 +41,10 @@ from agejobs.datasets.face_drawing import (
     SKIN_TONES,
     render_face,
 )
-from agejobs import storage
 from agejobs.datasets.manifest import MAX_AGE, MIN_AGE, rows_to_table, subject_split, write_table_atomic
 
 WRITE_BATCH = 256  # images per batched write
+
 
 @dataclass
 class SynthSpec:

@@ -11,7 +11,6 @@ split protocols coincide.
 
 from __future__ import annotations
 
-
 from agejobs import storage
 from agejobs.datasets.manifest import (
     ImportResult,
