@@ -30,6 +30,10 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: importing these here would slow `agejobs --help`
+    from agejobs.config import Config
 
 DEFAULT_DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
 
@@ -51,7 +55,7 @@ def _finish(command: str, out_uri: str, payload: dict) -> int:
     return 0
 
 
-def _load(args) -> Config:  # noqa: F821
+def _load(args) -> Config:
     """The run's config; its S3 settings are exported before anything (Ray included) starts."""
     from agejobs import storage
     from agejobs.config import load_config, with_absolute_paths
@@ -291,7 +295,7 @@ def main_score(args) -> int:
 INFERENCE_KEYS = ("eval.", "resources.", "ray.", "storage.", "data.test_flip")
 
 
-def inference_config(cfg: Config, config_path: str | None, overrides: list[str]) -> Config:  # noqa: F821
+def inference_config(cfg: Config, config_path: str | None, overrides: list[str]) -> Config:
     """The checkpoint's config with the inference settings of a config file (-c) and of
     `key=value` overrides; overriding any other key is an error naming it."""
     from agejobs.config import ConfigError, config_from_dict, config_to_dict, load_config, parse_override

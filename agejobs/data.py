@@ -33,18 +33,23 @@ order of the source (importers list files by name, and UTKFace's names begin wit
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from agejobs import metrics, pack, storage
 from agejobs.config import ResourcesConfig, StageResources
 from agejobs.images import IMAGENET_MEAN, IMAGENET_STD, NoFaceError, Preprocessing, decode_or_reason, preprocess_face
 
+if TYPE_CHECKING:  # annotations only: torch is imported inside the functions that use it
+    import torch
+
 LABEL_COLUMNS = ("image_id", "age", "gender")
 # Carried through decoding untouched: where a face came from (scoring writes it out per input shard).
 SOURCE_COLUMNS = ("path", "input_shard")
 
 
-def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:  # noqa: F821
+def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """uint8 (n, H, W, 3) on any device -> ImageNet-normalized float (n, 3, H, W)."""
     import torch
 
@@ -54,7 +59,7 @@ def to_model_input(images: torch.Tensor, channels_last: bool = False) -> torch.T
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch.contiguous()
 
 
-def random_flip(images: torch.Tensor, probability: float = 0.5) -> torch.Tensor:  # noqa: F821
+def random_flip(images: torch.Tensor, probability: float = 0.5) -> torch.Tensor:
     """Training augmentation on uint8 (n, H, W, 3): each face mirrored left-right with `probability`.
 
     Drawn from the worker's torch RNG (seeded per rank, saved in checkpoints), not in the decode
