@@ -172,16 +172,20 @@ def pack_row_groups(pack_uri: str) -> list[dict]:
 def pack_dataset(pack_uri: str, columns: list[str], read: StageResources | None = None, order=None):
     """Rows of a pack, one row group per block (`read_row_groups`); with `order` (a Ray Data
     seed config) the row groups are read in a fresh seeded order every epoch."""
+    return row_group_reads(pack_row_groups(pack_uri), columns, read or ResourcesConfig().read, order=order)
+
+
+def row_group_reads(descriptors: list[dict], columns: list[str], read: StageResources, reader=None, order=None):
+    """The read stage of every stream of shards: one {"shard", "row_group", ...} descriptor per
+    block, each read by a task (`reader`, default `read_row_groups`) sized by `resources.read`;
+    with `order`, the blocks come in a fresh seeded order every epoch."""
     import ray
 
-    read = read or ResourcesConfig().read
-
-    descriptors = pack_row_groups(pack_uri)
     ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors))
     if order is not None:
         ds = ds.randomize_block_order(seed=order)
     return ds.map_batches(
-        read_row_groups,
+        reader or read_row_groups,
         fn_kwargs={"columns": columns},
         batch_size=1,
         batch_format="numpy",

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from agejobs import metrics, pack, shards, storage
 from agejobs.checkpoint import checkpoint_identity
 from agejobs.config import Config, ResourcesConfig
-from agejobs.data import DecodeFaces, read_row_groups
+from agejobs.data import DecodeFaces, read_row_groups, row_group_reads
 from agejobs.gallery import Embedder, check_gallery_matches, load_gallery, read_gallery_manifest
 from agejobs.images import Preprocessing
 
@@ -292,7 +292,6 @@ def scoring_pipeline(
 ):
     """The Ray Dataset of the pending input shards' rows through read -> decode -> embed -> search,
     each stage sized by its `resources` block; None when no pending shard has rows."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     descriptors = [
@@ -305,14 +304,7 @@ def scoring_pipeline(
         return None
     read, decode, embed, search = resources.read, resources.decode, resources.embed, resources.search
     columns = ["image_id", "path"] + (["image_bytes"] if plan.kind == "pack" else [])
-    ds = ray.data.from_items(descriptors, override_num_blocks=len(descriptors)).map_batches(
-        read_input_rows,
-        fn_kwargs={"columns": columns},
-        batch_size=1,
-        batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=read.concurrency),
-        num_cpus=read.cpus,
-    )
+    ds = row_group_reads(descriptors, columns, read, reader=read_input_rows)
     ds = ds.map_batches(
         DecodeFaces,
         fn_constructor_kwargs={"preprocessing": preprocessing},
