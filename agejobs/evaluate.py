@@ -6,9 +6,10 @@ Metrics, as in the paper:
 * CS(T): cumulative score, the percentage (0..100) of samples with ``|pred - true| <= T``.
 * Gender accuracy: fraction (0..1) of samples whose predicted gender label equals the true one.
 
-A *report* is the JSON-ready dict one method gets from :func:`method_report`; several reports
-are written together by :func:`write_report`, printed by :func:`format_table` and drawn by the
-``plot_*`` functions. Only numpy and the standard library are imported at module level;
+A *report* is the JSON-ready dict one method gets from :func:`method_report`. Every command
+writes its reports one way, :func:`write_outputs` (report.json by :func:`write_report` + the CS
+and per-age MAE plots), and shows them one way, :func:`print_reports`; :func:`scored_report` is
+the report of a scoring run's output joined with labels. Only numpy and the standard library are imported at module level;
 matplotlib (Agg canvas, no pyplot state) and scikit-learn are imported inside the functions
 that need them.
 """
