@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from agejobs import shards, storage
+from agejobs.config import DatasetConfig
 from agejobs.datasets.manifest import MANIFEST_SCHEMA, Rejected, errors_to_table, read_manifest, record_rows
 from agejobs.images import READ, decode_image, decode_or_reason
 from agejobs.shards import errors_uri, shard_uri  # pack.shard_uri / pack.errors_uri for its readers
@@ -182,8 +183,8 @@ def _pack_on_ray(todo: list[int], arguments, num_shards: int, max_in_flight: int
 def pack(
     manifest_uri: str,
     out_uri: str,
-    target_shard_bytes: int = 64 * 2**20,
-    verify_images: bool = True,
+    target_shard_bytes: int = int(DatasetConfig.pack_shard_mb * 2**20),
+    verify_images: bool = DatasetConfig.verify_images,
     runner: str = "ray",
     max_in_flight: int = 8,
 ) -> dict:
