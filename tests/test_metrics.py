@@ -152,7 +152,7 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
             "train.max_time_s=0",
             "train.log_every_steps=0",
             "eval.knn_m=5",
-            "resources.embed.batch_size=32",
+            "resources.embed.batch_size=8",  # the gallery's embedding and scoring's alike
             "resources.decode.batch_size=4",
             "resources.search.batch_size=4",
             "score.shard_images=40",
@@ -243,7 +243,7 @@ def test_training_and_scoring_runs_export_increasing_metrics_through_ray(tmp_pat
     assert scored == sorted(scored) and scored[-1] == 800 and len({v for v in scored if v}) >= 2, scored
     last = seen["score"][-1]
     assert last["agejobs_score_shards_done_total"] == 20
-    assert last["agejobs_score_batch_latency_seconds_count{stage=embed}"] == 200  # 800 faces / batches of 4
+    assert last["agejobs_score_batch_latency_seconds_count{stage=embed}"] == 100  # 800 faces / batches of 8
     assert last["agejobs_score_batch_latency_seconds_count{stage=search}"] >= 1
     assert (
         last["agejobs_score_batch_latency_seconds_bucket{le=+Inf,stage=search}"]
