@@ -9,9 +9,9 @@ Metrics, as in the paper:
 A *report* is the JSON-ready dict one method gets from :func:`method_report`. Every command
 writes its reports one way, :func:`write_outputs` (report.json by :func:`write_report` + the CS
 and per-age MAE plots), and shows them one way, :func:`print_reports`; :func:`scored_report` is
-the report of a scoring run's output joined with labels. Only numpy and the standard library are imported at module level;
-matplotlib (Agg canvas, no pyplot state) and scikit-learn are imported inside the functions
-that need them.
+the report of a scoring run's output joined with labels. Only numpy and the standard library are
+imported at module level; matplotlib (Agg canvas, no pyplot state) and scikit-learn are imported
+inside the functions that need them.
 """
 
 from __future__ import annotations
