@@ -27,9 +27,8 @@ import numpy as np
 import torch
 
 from agejobs import storage
-from agejobs.config import SEARCH_MODES, SearchSettings  # the gallery config's own type
+from agejobs.config import SearchSettings  # the gallery config's own type
 
-MODES = SEARCH_MODES
 INDEX_FILE = "index.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 SCANN_DIR = "scann"
